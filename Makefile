@@ -1,0 +1,31 @@
+# onestep: `make demo` runs the main job, `make test` runs the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.onestep-installed
+DEMO   ?= runs/demo
+
+.PHONY: install demo test lint clean-demo
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes. torch and torchvision are
+# installed first with exact pins so pip takes them from the local wheel store.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m onestep demo --output $(DEMO)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check onestep eval tests
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,182 @@
+"""Checkpoints: safetensors state + JSON metadata (config, step, optimizer layout), atomic.
+
+A checkpoint is one file ``<run>/checkpoints/step-XXXXXXXX.safetensors``. It is written
+to a temporary name in the same directory, fsynced and renamed, so a run killed at any
+moment leaves either the previous checkpoint or the new one, never a torn file.
+Nothing is pickled: tensors go to safetensors, the rest to JSON in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .errors import OnestepError
+
+CKPT_DIR = "checkpoints"
+_PATTERN = re.compile(r"^step-(\d{8})\.safetensors$")
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_file`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a clear error if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnestepError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise OnestepError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+# ----------------------------------------------------------------------------- state packing
+
+
+def pack_module(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def unpack_module(prefix: str, tensors: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    missing, unexpected = module.load_state_dict(sub, strict=False)
+    if missing or unexpected:
+        raise OnestepError(
+            f"checkpoint does not match the model for '{prefix}' "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); was the config changed?"
+        )
+
+
+def pack_optimizer(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as tensors plus a JSON-able layout (param groups, scalar state)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.state.{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], layout: dict, optimizer: torch.optim.Optimizer) -> None:
+    state: dict[int, dict] = {}
+    head = prefix + ".state."
+    for key, value in tensors.items():
+        if key.startswith(head):
+            idx, name = key[len(head) :].split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in layout["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+
+
+def rng_tensors(prefix: str, generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    out = {f"{prefix}.torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out[f"{prefix}.torch_cuda"] = torch.cuda.get_rng_state()
+    for name, gen in generators.items():
+        out[f"{prefix}.{name}"] = gen.get_state()
+    return out
+
+
+def restore_rng(prefix: str, tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(tensors[f"{prefix}.torch_cpu"])
+    if torch.cuda.is_available() and f"{prefix}.torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[f"{prefix}.torch_cuda"])
+    for name, gen in generators.items():
+        gen.set_state(tensors[f"{prefix}.{name}"])
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CKPT_DIR / f"step-{step:08d}.safetensors"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = Path(run_dir) / CKPT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        m = _PATTERN.match(path.name)
+        if m:
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for _, path in list_checkpoints(run_dir)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def read_metadata(path: Path) -> dict:
+    """The JSON metadata of a checkpoint (config, step, ...)."""
+    _, meta = load_safetensors_metadata(path)
+    return meta
+
+
+def load_safetensors_metadata(path: Path) -> tuple[list[str], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise OnestepError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+            raw = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise OnestepError(f"cannot read checkpoint {path} ({exc})") from None
+    return keys, {k: json.loads(v) for k, v in raw.items()}

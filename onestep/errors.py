@@ -1,0 +1,5 @@
+"""The one exception type users see: a one-line message saying what is wrong and what to do."""
+
+
+class OnestepError(Exception):
+    """A user-facing error. The CLI prints ``onestep: error: <message>`` and exits 2."""

@@ -1,0 +1,25 @@
+"""The fake score: a trainable copy of the teacher's network that tracks the generator's score."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class FakeScore(nn.Module):
+    """``Df = F(x_t, sigma, cond)``: the denoiser of the generator's own distribution.
+
+    ``forward(..., return_features=True)`` also returns the network's feature tap
+    (the bottleneck), which a discriminator head may read (DMD2 / SiDA).
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = copy.deepcopy(network).train()
+        for p in self.network.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, return_features: bool = False):
+        return self.network(x, sigma, cond, return_features=return_features)

@@ -1,0 +1,77 @@
+"""From a discriminator logit to the f-divergence weights the objectives read.
+
+The head's logit estimates ``log r = log p_teacher/q_generator`` at ``(x_t, sigma)``
+(a logistic discriminator's optimum). f-distill (arXiv 2502.15681, Sec. 4) stabilises
+the weights: clamp the logit, clip ``r``; here ``r`` is also self-normalised per
+sigma-bin (``E_q[r] = 1`` holds exactly at every sigma) and the weights are divided by
+the global-batch mean of ``h``, which rescales ``f`` by a constant (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ScheduleConfig
+from ..schedule import log_sigma_bins
+from .fdiv import FWeights, f_weights
+
+
+@dataclass(frozen=True)
+class RatioParams:
+    logit_clip: float = 10.0
+    ratio_clip: tuple[float, float] = (0.1, 20.0)
+    ratio_bins: int = 8
+    normalize_weights: bool = True
+
+
+AllReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def ratio_from_logit(logit: torch.Tensor, p: RatioParams) -> torch.Tensor:
+    """``r = clip(exp(clamp(logit, +-logit_clip)), ratio_clip)``; (B,) fp32."""
+    logit = logit.detach().float().clamp(-p.logit_clip, p.logit_clip)
+    return logit.exp().clamp(*p.ratio_clip)
+
+
+def normalise_per_bin(
+    r: torch.Tensor, sigma: torch.Tensor, bins: int, schedule: ScheduleConfig, all_reduce_sum: AllReduceSum
+) -> torch.Tensor:
+    """Divide ``r`` by its mean within each log-sigma bin of the global batch; (B,)."""
+    idx = log_sigma_bins(sigma, schedule, bins)
+    sums = torch.zeros(bins, device=r.device, dtype=torch.float32).index_add_(0, idx, r.float())
+    counts = torch.zeros(bins, device=r.device, dtype=torch.float32).index_add_(0, idx, torch.ones_like(r))
+    stats = all_reduce_sum(torch.stack([sums, counts]))
+    mean = stats[0] / stats[1].clamp_min(1.0)
+    return r / mean[idx].clamp_min(1e-12)
+
+
+def divergence_weights(
+    logit: torch.Tensor,
+    sigma: torch.Tensor,
+    f: str,
+    f_alpha: float,
+    p: RatioParams,
+    schedule: ScheduleConfig,
+    all_reduce_sum: AllReduceSum | None = None,
+) -> FWeights:
+    """Weights of divergence ``f`` from head logits (B,) at noise levels sigma (B,).
+
+    ``all_reduce_sum`` sums a tensor over ranks (identity on one process) so the
+    bin means and the ``mean(h)`` normaliser are those of the global batch.
+    """
+    reduce = all_reduce_sum or _identity
+    r = ratio_from_logit(logit, p)
+    if p.ratio_bins > 0:
+        r = normalise_per_bin(r, sigma, p.ratio_bins, schedule, reduce)
+    w = f_weights(f, r.log(), f_alpha)
+    if p.normalize_weights:
+        stats = reduce(torch.stack([w.h.sum(), torch.tensor(float(len(r)), device=r.device)]))
+        w = w.scaled(stats[1] / stats[0].clamp_min(1e-12))
+    return w

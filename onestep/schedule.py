@@ -1,0 +1,98 @@
+"""Noise levels: sigma samplers, the Karras grid and EDM preconditioning.
+
+All in the VE/EDM form ``x_t = x0 + sigma * eps`` (Karras et al. 2022, arXiv 2206.00364).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import ScheduleConfig
+
+
+@dataclass(frozen=True)
+class Preconditioning:
+    """EDM preconditioning coefficients (arXiv 2206.00364, Table 1, "EDM" column)."""
+
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+    c_noise: torch.Tensor
+
+
+def edm_preconditioning(sigma: torch.Tensor, sigma_data: float) -> Preconditioning:
+    """Coefficients for ``D(x) = c_skip x + c_out F(c_in x, c_noise)``; sigma: (B,)."""
+    sd2 = sigma_data**2
+    s2 = sigma**2
+    return Preconditioning(
+        c_skip=sd2 / (s2 + sd2),
+        c_out=sigma * sigma_data / (s2 + sd2).sqrt(),
+        c_in=1.0 / (s2 + sd2).sqrt(),
+        c_noise=sigma.log() / 4.0,
+    )
+
+
+def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (arXiv 2206.00364, Eq. 8); (B,)."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def karras_sigmas(n: int, cfg: ScheduleConfig) -> torch.Tensor:
+    """Karras grid of ``n`` sigmas, ascending from sigma_min to sigma_max (Eq. 5); (n,) float64."""
+    u = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    return _karras(u, cfg)
+
+
+def _karras(u: torch.Tensor, cfg: ScheduleConfig) -> torch.Tensor:
+    lo = cfg.sigma_min ** (1.0 / cfg.rho)
+    hi = cfg.sigma_max ** (1.0 / cfg.rho)
+    return (lo + u * (hi - lo)) ** cfg.rho
+
+
+SAMPLERS = ("lognormal", "karras", "karras_grid")
+DEFAULT_RANGES = {"lognormal": None, "karras": (0.0, 0.8), "karras_grid": (20, 980)}
+
+
+def sample_sigma(
+    name: str,
+    n: int,
+    cfg: ScheduleConfig,
+    rng: torch.Generator,
+    sigma_range: tuple[float, float] | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Draw ``n`` noise levels; returns (n,) float32.
+
+    - ``lognormal``: ``exp(N(p_mean, p_std^2))`` (EDM training distribution).
+    - ``karras``: ``u ~ U(lo, hi)`` mapped through the Karras schedule (SiD: U(0, 0.8)).
+    - ``karras_grid``: a 1000-point ascending Karras grid, index uniform in [lo, hi]
+      (DMD2: 20..980).
+    """
+    if name == "lognormal":
+        z = torch.randn(n, generator=rng, device=rng.device)
+        sigma = (cfg.p_mean + cfg.p_std * z).exp()
+    elif name == "karras":
+        lo, hi = sigma_range or DEFAULT_RANGES["karras"]
+        u = lo + (hi - lo) * torch.rand(n, generator=rng, device=rng.device, dtype=torch.float64)
+        sigma = _karras(u, cfg)
+    elif name == "karras_grid":
+        lo, hi = sigma_range or DEFAULT_RANGES["karras_grid"]
+        grid = karras_sigmas(1000, cfg).to(rng.device)
+        idx = torch.randint(int(lo), int(hi) + 1, (n,), generator=rng, device=rng.device)
+        sigma = grid[idx]
+    else:
+        raise ValueError(f"unknown sigma sampler '{name}' (known: {', '.join(SAMPLERS)})")
+    return sigma.to(device=device, dtype=torch.float32)
+
+
+def log_sigma_bins(sigma: torch.Tensor, cfg: ScheduleConfig, bins: int) -> torch.Tensor:
+    """Bin index in ``[0, bins)`` of each sigma, uniform in log sigma over [sigma_min, sigma_max].
+
+    Fixed edges (not quantiles) so that per-bin sums can be all-reduced across ranks.
+    """
+    lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
+    t = (sigma.log() - lo) / (hi - lo)
+    return (t * bins).floor().clamp(0, bins - 1).long()

@@ -1,0 +1,133 @@
+"""Registry invariants (DESIGN.md section 6) and the normalisers' properties."""
+
+import dataclasses
+
+import pytest
+import torch
+from _oracle import monte_carlo_gradient, quadrature_gradient
+
+from onestep import config as config_mod
+from onestep.errors import OnestepError
+from onestep.mlp import MLPDenoiser
+from onestep.objectives import REGISTRY, ObjectiveInputs, divergence_weights, f_weights, registry
+from onestep.objectives.dmd import DMDParams
+from onestep.objectives.f_distill import FDistillParams
+from onestep.objectives.ratio import RatioParams
+from onestep.objectives.sid import SiDParams
+from onestep.objectives.uni_instruct import UniInstructParams
+from onestep.schedule import log_sigma_bins
+
+torch.manual_seed(0)
+
+
+def _inputs(Dr_net, Df_net, weights=None, batch=16, dim=4):
+    """Generator samples through two denoisers, gradients through their inputs."""
+    gen = torch.Generator().manual_seed(1)
+    x_g = torch.randn(batch, dim, generator=gen).requires_grad_(True)
+    sigma = torch.exp(torch.randn(batch, generator=gen))
+    x_t = x_g + sigma[:, None] * torch.randn(batch, dim, generator=gen)
+    return ObjectiveInputs(x_g, sigma, Dr_net(x_t, sigma), Df_net(x_t, sigma), weights)
+
+
+def _grad(name, params, inp):
+    spec = REGISTRY[name]
+    inp = dataclasses.replace(
+        inp,
+        Dr=inp.Dr if "teacher" in spec.grad_through else inp.Dr.detach(),
+        Df=inp.Df if "fake_score" in spec.grad_through else inp.Df.detach(),
+    )
+    (g,) = torch.autograd.grad(spec.fn(inp, params).mean(), inp.x_g)
+    return g
+
+
+ALL = [
+    ("diff_instruct", REGISTRY["diff_instruct"].params()),
+    ("dmd", DMDParams()),
+    ("sid", SiDParams()),
+    ("sida", SiDParams()),
+    ("sim", REGISTRY["sim"].params()),
+] + [("f_distill", FDistillParams(f=f)) for f in ("rkl", "js", "fkl", "chi2")] + [
+    ("uni_instruct", UniInstructParams(f=f)) for f in ("rkl", "js", "fkl", "chi2")
+]
+
+
+@pytest.mark.parametrize("name,params", ALL, ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_zero_gradient_when_fake_equals_teacher(name, params):
+    net = MLPDenoiser(4, hidden=32, depth=2)
+    weights = f_weights(getattr(params, "f", "rkl"), torch.randn(16) * 0.5)
+    g = _grad(name, params, _inputs(net, net, weights))
+    assert g.abs().max() < 1e-6
+    other = MLPDenoiser(4, hidden=32, depth=2)  # and it is not trivially zero otherwise
+    assert _grad(name, params, _inputs(net, other, weights)).abs().max() > 1e-4
+
+
+def test_f_distill_rkl_equals_dmd():
+    a, b = MLPDenoiser(4, 32, 2), MLPDenoiser(4, 32, 2)
+    inp = _inputs(a, b)
+    ones = f_weights("rkl", torch.zeros(16))
+    g_dmd = _grad("dmd", DMDParams(), inp)
+    inp2 = _inputs(a, b, ones)
+    g_fd = _grad("f_distill", FDistillParams(f="rkl"), inp2)
+    torch.testing.assert_close(g_fd, g_dmd, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("alpha", (0.5, 1.2))
+def test_uni_instruct_rkl_is_sid(alpha):
+    """uni_instruct(rkl) with fisher_weight = 2 (1 - alpha) equals sid(alpha); 0.5 <-> exact."""
+    a, b = MLPDenoiser(4, 32, 2), MLPDenoiser(4, 32, 2)
+    ones = f_weights("rkl", torch.zeros(16))
+    g_sid = _grad("sid", SiDParams(alpha=alpha), _inputs(a, b))
+    g_ui = _grad("uni_instruct", UniInstructParams(f="rkl", fisher_weight=2 * (1 - alpha)), _inputs(a, b, ones))
+    torch.testing.assert_close(g_ui, g_sid, rtol=1e-5, atol=1e-7)
+    if alpha == 0.5:
+        assert UniInstructParams().fisher_weight == 2 * (1 - alpha)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("dmd", DMDParams(weight_norm="wf")),
+    ("sid", SiDParams(alpha=0.5, weight_norm="wf")),
+    ("uni_instruct", UniInstructParams(f="js", weight_norm="wf")),
+])
+def test_wf_normalisation_agrees_in_sign_and_direction(name, params):
+    """``/ wf`` rescales samples: the gradient keeps the oracle's sign per coordinate and
+    points the same way (cosine > 0.9)."""
+    mu, s, sigma = 0.5, 0.8, 0.5
+    target = "fdiv" if name == "dmd" else "expansion"
+    quad = quadrature_gradient(mu, s, sigma, target, getattr(params, "f", "rkl"))
+    mc, _ = monte_carlo_gradient(mu, s, sigma, name, params)
+    assert torch.all(torch.sign(mc) == torch.sign(quad))
+    assert torch.nn.functional.cosine_similarity(mc, quad, dim=0) > 0.9
+
+
+def test_registry_unknown_name_lists_valid_ones():
+    with pytest.raises(OnestepError, match="valid: diff_instruct, dmd, sid, sida, sim, f_distill, uni_instruct"):
+        registry.get("dmd3")
+
+
+def test_registry_rejects_parameters_an_objective_does_not_take():
+    cfg = config_mod.ObjectiveConfig(name="sid", f="js")
+    with pytest.raises(OnestepError, match="'objective.f' is not a parameter of 'sid'"):
+        registry.resolve(cfg)
+    with pytest.raises(OnestepError, match="unknown divergence 'kl'"):
+        registry.resolve(config_mod.ObjectiveConfig(name="f_distill", f="kl"))
+    spec, params = registry.resolve(config_mod.ObjectiveConfig(name="f_distill", f="alpha", f_alpha=0.3))
+    assert spec.name == "f_distill" and params.f_alpha == 0.3 and spec.needs_ratio(params)
+
+
+def test_ratio_weights_clip_normalise_per_bin_and_by_mean_h():
+    sched = config_mod.ScheduleConfig()
+    gen = torch.Generator().manual_seed(3)
+    sigma = torch.exp(torch.randn(512, generator=gen) * 2)
+    logit = torch.randn(512, generator=gen) * 4 + 25 * (torch.rand(512, generator=gen) < 0.05)
+    p = RatioParams(logit_clip=10.0, ratio_clip=(0.1, 20.0), ratio_bins=8, normalize_weights=False)
+    w = divergence_weights(logit, sigma, "fkl", 0.5, p, sched)  # fkl: h = r
+    bins = log_sigma_bins(sigma, sched, 8)
+    for b in bins.unique():
+        assert abs(float(w.h[bins == b].mean()) - 1) < 1e-5  # E_q[r] = 1 per sigma-bin
+    p2 = RatioParams(ratio_bins=0, normalize_weights=False)
+    raw = divergence_weights(logit, sigma, "fkl", 0.5, p2, sched).h
+    assert raw.min() >= 0.1 - 1e-6 and raw.max() <= 20 + 1e-4  # clipped ratio
+    w3 = divergence_weights(logit, sigma, "js", 0.5, RatioParams(), sched)
+    assert abs(float(w3.h.mean()) - 1) < 1e-5  # h / mean(h)
+    unnorm = divergence_weights(logit, sigma, "js", 0.5, dataclasses.replace(RatioParams(), normalize_weights=False), sched)
+    torch.testing.assert_close(w3.rh / w3.h, unnorm.rh / unnorm.h)  # all weights scaled alike

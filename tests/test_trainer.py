@@ -1,0 +1,109 @@
+"""Trainer behaviour: which parameters each step touches, non-finite handling, logs, EMA."""
+
+import json
+
+import pytest
+import torch
+from conftest import small_config
+
+from onestep.errors import OnestepError
+from onestep.trainer import Trainer
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    return [k for k, v in module.state_dict().items() if not torch.equal(before[k], v)]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"objective.name": "sid"},
+    {"objective.name": "dmd", "gan.weight": 0.01},
+    {"objective.name": "uni_instruct", "objective.f": "js"},
+    {"objective.name": "f_distill", "objective.f": "fkl", "gan.weight": 0.01, "gan.features": "fake_score"},
+])
+def test_generator_step_updates_only_the_generator(tmp_path, small_teacher, overrides):
+    tr = Trainer(small_config(**overrides), tmp_path, teacher=small_teacher)
+    fake, head = tr.acc.unwrap_model(tr.fake), tr.acc.unwrap_model(tr.head) if tr.head is not None else None
+    before_g, before_f = _snapshot(tr.generator), _snapshot(fake)
+    before_t = _snapshot(small_teacher.network)
+    before_h = _snapshot(head) if head is not None else None
+    tr.generator_step()
+    assert _changed(before_g, tr.generator), "generator did not move"
+    assert not _changed(before_f, fake) and not _changed(before_t, small_teacher.network)
+    assert all(p.grad is None for p in fake.parameters())
+    assert all(p.requires_grad for p in fake.parameters())  # unfrozen again afterwards
+    if head is not None:
+        assert not _changed(before_h, head)
+    # ...and the fake step moves the fake score (and head), not the generator or the teacher
+    before_g = _snapshot(tr.generator)
+    tr.fake_step(reuse=True)
+    assert _changed(before_f, fake) and not _changed(before_g, tr.generator)
+    assert not _changed(before_t, small_teacher.network)
+    if head is not None:
+        assert _changed(before_h, head)
+
+
+def test_fit_leaves_teacher_unchanged_and_logs(tmp_path, small_teacher):
+    before = _snapshot(small_teacher.network)
+    cfg = small_config(**{"objective.name": "f_distill", "objective.f": "js", "train.ema_halflife_kimg": 0.5})
+    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
+    tr.fit()
+    assert not _changed(before, small_teacher.network)
+    rows = [json.loads(x) for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss_g", "loss_f", "loss_head"))
+        assert r["nonfinite_skipped"] == 0
+    # EMA trails the generator: different, but closer to it than the initial weights are
+    gen = tr.acc.unwrap_model(tr.generator)
+    init = small_teacher.network.state_dict()
+    ema_sd, gen_sd = tr.ema.network.state_dict(), gen.network.state_dict()
+    key = "out.weight"
+    assert not torch.equal(ema_sd[key], gen_sd[key])
+    assert (ema_sd[key] - gen_sd[key]).norm() < (init[key] - gen_sd[key]).norm()
+
+
+def test_nonfinite_steps_are_skipped_then_abort_with_checkpoint_intact(tmp_path, small_teacher, monkeypatch):
+    cfg = small_config(**{"train.steps": 30, "train.max_nonfinite": 3})
+    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
+    real_fn = tr.spec.fn
+    calls = {"n": 0}
+
+    def poisoned(inp, params):  # finite for 12 generator steps, NaN afterwards
+        calls["n"] += 1
+        loss = real_fn(inp, params)
+        return loss * float("nan") if calls["n"] > 12 else loss
+
+    tr.spec = type(tr.spec)(**{**tr.spec.__dict__, "fn": poisoned})
+    with pytest.raises(OnestepError, match=r"3 non-finite steps in a row .*step-00000010"):
+        tr.fit()
+    assert tr.nonfinite_total == 3
+    # the last good checkpoint is intact, finite and loadable
+    from onestep.runs import load_generator
+
+    gen, _, step = load_generator(tmp_path)
+    assert step == 10 and all(torch.isfinite(p).all() for p in gen.parameters())
+
+
+def test_single_nonfinite_step_is_skipped_and_counted(tmp_path, small_teacher):
+    cfg = small_config(**{"train.steps": 6, "train.log_every": 6})
+    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
+    real_fn = tr.spec.fn
+    calls = {"n": 0}
+
+    def once(inp, params):
+        calls["n"] += 1
+        loss = real_fn(inp, params)
+        return loss * float("inf") if calls["n"] == 3 else loss
+
+    tr.spec = type(tr.spec)(**{**tr.spec.__dict__, "fn": once})
+    for _ in range(2):
+        tr.iteration()
+    before = _snapshot(tr.generator)
+    tr.generator_step()  # the poisoned one: skipped, generator unchanged
+    assert not _changed(before, tr.generator) and tr.nonfinite_total == 1
+    tr.generator_step()
+    assert _changed(before, tr.generator) and tr.nonfinite_streak["generator"] == 0

@@ -79,6 +79,7 @@ class ObjectiveConfig:
     f_alpha: Optional[float] = None  # exponent of the alpha-divergence (f: alpha)
     alpha: Optional[float] = None  # SiD's alpha (sid, sida)
     c: Optional[float] = None  # SIM's pseudo-Huber constant
+    sigma_weighting: Optional[Literal["sigma2", "none"]] = None  # SIM's time weighting
     fisher_weight: Optional[float] = None  # uni_instruct: weight of L_fisher (1 = exact)
     sigma_sampler: Optional[str] = None  # lognormal | karras | karras_grid; None: objective's
     sigma_range: Optional[list[float]] = None  # [u_lo, u_hi] (karras) or [j_lo, j_hi] (grid)
@@ -87,6 +88,9 @@ class ObjectiveConfig:
     ratio_clip: list[float] = field(default_factory=lambda: [0.1, 20.0])
     ratio_bins: int = 8  # per-sigma-bin normalisation of r (0: off)
     normalize_weights: bool = True  # h <- h / mean(h) over the global batch
+    # generator steps with reverse-KL weights (r = 1) while the head learns the ratio
+    # (Uni-Instruct's recipe: RKL first); None: 10% of train.steps
+    ratio_warmup: Optional[int] = None
 
 
 @dataclass

@@ -46,7 +46,7 @@ from .fake_score import FakeScore
 from .generator import OneStepGenerator
 from .heads import DiscriminatorHead, generator_gan_loss, head_loss, r1_penalty
 from .networks import NETWORK_FILE, network_spec
-from .objectives import ObjectiveInputs, divergence_weights, fake_score_loss, registry
+from .objectives import ObjectiveInputs, divergence_weights, f_weights, fake_score_loss, registry
 from .objectives.common import expand
 from .schedule import sample_sigma
 from .teacher import Teacher, load_teacher
@@ -97,6 +97,8 @@ class Trainer:
             raise OnestepError(f"objective '{self.spec.name}' needs the GAN term: set gan.weight > 0 (e.g. 1e-2)")
         self.sigma_sampler = config.objective.sigma_sampler or self.spec.sigma_sampler
         self.sigma_range = tuple(config.objective.sigma_range) if config.objective.sigma_range else None
+        warmup = config.objective.ratio_warmup
+        self.ratio_warmup = warmup if warmup is not None else tr.steps // 10
 
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +220,9 @@ class Trainer:
                         feats = feats_r if gan_src == "teacher" else feats_f
                         logit = head_plain(feats if self.use_gan else feats.detach(), sigma)
                 weights = None
-                if self.use_ratio:
+                if self.use_ratio and self.step < self.ratio_warmup:
+                    weights = f_weights("rkl", torch.zeros_like(sigma))
+                elif self.use_ratio:
                     weights = divergence_weights(
                         logit.detach(), sigma, self.params.f, self.params.f_alpha, self.params.ratio,
                         cfg.schedule, self._all_reduce_sum,

@@ -1,9 +1,11 @@
 """Shared fixtures: a small analytic-teacher config and its fitted teacher (fitted once)."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,17 +21,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-SMALL_GMM = {
-    "teacher": {
-        "kind": "gmm",
-        "means": [[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [0.0, 0.0]],
-        "stds": [0.1] * 5,
-        "weights": [0.35, 0.25, 0.2, 0.12, 0.08],
-    },
-    "network": {"hidden": 64, "depth": 3, "fit_steps": 300, "fit_batch": 256, "fit_lr": 2e-3},
-    "train": {"steps": 20, "batch_size": 64, "lr_generator": 3e-4, "lr_fake": 1e-3,
-              "checkpoint_every": 10, "log_every": 5, "progress": False},
-}
+ROOT = Path(__file__).resolve().parents[1]
+# The shipped mixture (configs/gmm.yaml) with a smaller network and budget for tests.
+SMALL_GMM = yaml.safe_load((ROOT / "configs" / "gmm.yaml").read_text())
+SMALL_GMM["network"] = {"hidden": 64, "depth": 3, "fit_steps": 600, "fit_batch": 256, "fit_lr": 2e-3}
+SMALL_GMM["train"] = {**SMALL_GMM["train"], "steps": 20, "batch_size": 64, "checkpoint_every": 10,
+                      "log_every": 5, "progress": False}
 
 
 def small_config(**overrides):

@@ -67,10 +67,16 @@ def divergence_weights(
     bin means and the ``mean(h)`` normaliser are those of the global batch.
     """
     reduce = all_reduce_sum or _identity
-    r = ratio_from_logit(logit, p)
+    raw = logit.detach().float().clamp(-p.logit_clip, p.logit_clip).exp()
+    r = raw.clamp(*p.ratio_clip)
+    clipped = (raw < p.ratio_clip[0]) | (raw > p.ratio_clip[1])
     if p.ratio_bins > 0:
         r = normalise_per_bin(r, sigma, p.ratio_bins, schedule, reduce)
     w = f_weights(f, r.log(), f_alpha)
+    # Where r is clipped, h(clip(r)) is flat in r: its derivative terms vanish.
+    zero = torch.zeros_like(w.h)
+    w = FWeights(w.h, torch.where(clipped, w.h, w.h_minus_rh), torch.where(clipped, zero, w.rh),
+                 torch.where(clipped, zero, w.q))
     if p.normalize_weights:
         stats = reduce(torch.stack([w.h.sum(), torch.tensor(float(len(r)), device=r.device)]))
         w = w.scaled(stats[1] / stats[0].clamp_min(1e-12))

@@ -86,7 +86,7 @@ register(ObjectiveSpec(
 ))
 
 # ObjectiveConfig fields that only some objectives take (None in the config = default).
-_SPECIFIC = ("f", "f_alpha", "alpha", "c", "fisher_weight")
+_SPECIFIC = ("f", "f_alpha", "alpha", "c", "fisher_weight", "sigma_weighting")
 
 
 def get(name: str) -> ObjectiveSpec:

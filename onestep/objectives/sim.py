@@ -1,10 +1,15 @@
 """Score Implicit Matching (Luo et al. 2024, arXiv 2410.16794, Thm. 3.1) with pseudo-Huber distance.
 
 SIM's divergence ``E_{x ~ sg(q_sigma)}[phi(s_p - s_q)]`` with ``phi(y) = sqrt(|y|^2 + c^2) - c``.
-By the score-projection identity its gradient is that of
-``<sg-free phi'(d), (Df - x_g) / sigma^2>`` with ``d = Delta / sigma^2`` and gradients
-through the inputs of both networks (derived in DESIGN.md section 3), i.e. per sample
+By the score-projection identity its gradient is that of ``<phi'(d), (Df - x_g) / sigma^2>``
+with ``d = Delta / sigma^2`` and gradients through the inputs of both networks (derived in
+DESIGN.md section 3), i.e. per sample
 ``<Delta, Df - x_g> / (sigma^2 sqrt(|Delta|^2 + (c sigma^2)^2))``.
+
+``phi'`` is bounded but ``(Df - x_g) / sigma^2`` grows like ``1/sigma``, so the practical
+loss carries the time weighting ``w(sigma) = sigma^2`` (``sigma_weighting="sigma2"``, the
+default; SIM leaves ``w`` free): each sample's gradient is then of the order of the data,
+as in DMD. ``"none"`` is the divergence's exact gradient at a fixed sigma (the oracle test).
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from .common import ObjectiveInputs, sum_dims
 @dataclass(frozen=True)
 class SIMParams:
     c: float = 1.0
+    sigma_weighting: str = "sigma2"
 
 
 def sim_loss(inp: ObjectiveInputs, p: SIMParams) -> torch.Tensor:
-    """(B,): pseudo-Huber SIM loss (no extra normaliser: phi' is bounded)."""
+    """(B,): ``w(sigma) <Delta, Df - x_g> / (sigma^2 sqrt(|Delta|^2 + (c sigma^2)^2))``."""
     delta = inp.Dr - inp.Df
     s2 = inp.sigma**2
     denom = s2 * (sum_dims(delta**2) + (p.c * s2) ** 2).sqrt()
-    return sum_dims(delta * (inp.Df - inp.x_g)) / denom
+    loss = sum_dims(delta * (inp.Df - inp.x_g)) / denom
+    return loss * s2 if p.sigma_weighting == "sigma2" else loss

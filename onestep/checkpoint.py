@@ -163,20 +163,13 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def read_metadata(path: Path) -> dict:
-    """The JSON metadata of a checkpoint (config, step, ...)."""
-    _, meta = load_safetensors_metadata(path)
-    return meta
-
-
-def load_safetensors_metadata(path: Path) -> tuple[list[str], dict]:
+def safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """Tensor names and raw metadata of a safetensors file, without loading tensors."""
     path = Path(path)
     if not path.is_file():
-        raise OnestepError(f"checkpoint not found: {path}")
+        raise OnestepError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            keys = list(fh.keys())
-            raw = fh.metadata() or {}
+            return list(fh.keys()), fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise OnestepError(f"cannot read checkpoint {path} ({exc})") from None
-    return keys, {k: json.loads(v) for k, v in raw.items()}
+        raise OnestepError(f"cannot read {path}: not a valid safetensors file ({exc})") from None

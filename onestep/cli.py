@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--class-label", type=int, action="append", default=None,
                    help="class label(s) for class-conditional runs (default: cycle over classes)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompt(s) for text-to-image runs (default: the run's prompts file)")
+    p.add_argument("--nrow", type=int, default=None, help="images per row of a .png grid")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="export a run as a diffusers pipeline directory")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--ema", action="store_true", help="export the EMA generator")
+    p.add_argument("--output", required=True, help="pipeline directory to write")
     _add_common(p)
 
     sub.add_parser("objectives", help="list the registered objectives")
@@ -86,7 +95,7 @@ def cmd_distill(args) -> int:
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from .runs import default_device, load_generator
+    from .runs import conditioning, default_device, load_generator
     from .sampling import generate
 
     if args.num_samples < 1:
@@ -96,14 +105,31 @@ def cmd_sample(args) -> int:
         raise OnestepError(f"--output must end in .npy or .png, got '{out.name}'")
     device = default_device()
     generator, cfg, step = load_generator(args.run, ema=args.ema, device=device)
-    shape = tuple(generator.network.sample_shape)
-    samples = generate(generator, args.num_samples, args.seed, shape, batch_size=args.batch_size, device=device)
+    network = generator.network
+    cond_fn, decode = conditioning(network, cfg, args.class_label, args.prompt)
+    if out.suffix == ".png" and decode is None:
+        raise OnestepError("PNG grids need an image run; use .npy for this run")
+    samples = generate(generator, args.num_samples, args.seed, tuple(network.sample_shape), cond_fn=cond_fn,
+                       batch_size=args.batch_size, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, samples.numpy())
     else:
-        raise OnestepError("PNG grids need an image run; use .npy for this run")
+        from .images import save_grid
+
+        nrow = args.nrow or (len(args.class_label) if args.class_label else None)
+        if nrow is None and getattr(network, "cond_kind", "none") == "class":
+            nrow = network.unet.config.num_class_embeds
+        save_grid(decode(samples.to(device)).cpu(), out, nrow=nrow)
     print(f"wrote {len(samples)} samples from step {step} to {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    path = export_run(args.run, args.output, ema=args.ema)
+    print(f"exported {args.run} to {path}")
     return 0
 
 
@@ -114,7 +140,7 @@ def cmd_objectives(args) -> int:
     return 0
 
 
-COMMANDS = {"distill": cmd_distill, "sample": cmd_sample, "objectives": cmd_objectives}
+COMMANDS = {"distill": cmd_distill, "sample": cmd_sample, "export": cmd_export, "objectives": cmd_objectives}
 
 
 def main(argv: list[str] | None = None) -> int:

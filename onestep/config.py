@@ -105,6 +105,16 @@ class GanConfig:
 
 
 @dataclass
+class DataConfig:
+    """Where the head's "real" samples come from, and the data-free teacher-sample cache."""
+
+    dataset: Optional[str] = None  # None: data-free (exact samples or a teacher-sample cache)
+    cache_size: int = 256  # teacher multi-step samples cached in the run directory
+    cache_steps: int = 18  # Heun steps of the teacher sampler for the cache (NFE = 2 n - 1)
+    cache_batch: int = 64
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
@@ -135,7 +145,10 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     gan: GanConfig = field(default_factory=GanConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # attention kernels of every network: auto | xformers | flash | efficient | math
+    attention: Literal["auto", "xformers", "flash", "efficient", "math"] = "auto"
 
 
 # --------------------------------------------------------------------------- validation

@@ -17,7 +17,7 @@ class FakeScore(nn.Module):
 
     def __init__(self, network: nn.Module):
         super().__init__()
-        self.network = copy.deepcopy(network).train()
+        self.network = copy.deepcopy(network).float().train()  # trainable weights in fp32
         for p in self.network.parameters():
             p.requires_grad_(True)
 

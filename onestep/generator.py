@@ -16,7 +16,7 @@ class OneStepGenerator(nn.Module):
 
     def __init__(self, network: nn.Module, sigma_init: float):
         super().__init__()
-        self.network = copy.deepcopy(network).train()
+        self.network = copy.deepcopy(network).float().train()  # trainable weights in fp32
         for p in self.network.parameters():
             p.requires_grad_(True)
         self.sigma_init = float(sigma_init)

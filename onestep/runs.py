@@ -42,6 +42,43 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tupl
     return generator.to(device).eval().requires_grad_(False), cfg, int(json.loads(raw["step"]))
 
 
+def conditioning(network, cfg, class_labels: list[int] | None = None, prompts: list[str] | None = None):
+    """cond_fn(start, count) for ``sampling.generate`` and the matching image decoder.
+
+    Class runs cycle over ``class_labels`` (default: all classes); text runs cycle over
+    ``prompts`` (default: the run's prompts file). decode(x) maps samples to [-1, 1] images
+    (the teacher's VAE for latent runs), or is None for non-image runs.
+    """
+    kind = getattr(network, "cond_kind", "none")
+    decode = (lambda x: x) if getattr(network, "unet", None) is not None else None
+    parts = {}
+    if kind == "text" or (decode is not None and network.sample_shape[0] == 4):
+        from .diffusers_teacher import load_components
+
+        parts = load_components(cfg.teacher.path, cfg.teacher.subfolder)
+    if "vae" in parts:
+        vae = parts["vae"].eval()
+        scale = float(vae.config.scaling_factor)
+
+        def decode(x):  # noqa: F811  (latent runs decode with the teacher's VAE)
+            with torch.no_grad():
+                return vae.decode(x / scale).sample.float()
+
+    if kind == "class":
+        labels = torch.tensor(class_labels or list(range(network.unet.config.num_class_embeds)), dtype=torch.long)
+        return (lambda start, count: labels[(torch.arange(start, start + count)) % len(labels)]), decode
+    if kind == "text":
+        from .diffusers_teacher import read_prompts
+        from .pipeline import encode_prompts
+
+        texts = prompts or read_prompts(cfg.teacher.prompts)
+        embeds = encode_prompts(parts["tokenizer"], parts["text_encoder"], texts)
+        return (lambda start, count: embeds[torch.arange(start, start + count) % len(texts)]), decode
+    if class_labels:
+        raise OnestepError("--class-label given, but this run is not class-conditional")
+    return None, decode
+
+
 def stats(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "stats.jsonl"
     if not path.is_file():

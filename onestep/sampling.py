@@ -1,15 +1,15 @@
 """Samplers: the one-step generator with per-index seeds, and the teacher's multi-step ODE solvers.
 
 Per-index seeds: sample ``i`` of seed ``s`` always uses the noise of
-``numpy.random.default_rng([s, i])`` (a SeedSequence of both, so no two (seed, index)
-pairs share a stream), so results do not depend on batch size.
+``torch.Generator().manual_seed(index_seed(s, i))``, so results do not depend on batch
+size, and diffusers reproduces them with one generator per image
+(``OneStepPipeline.index_generators``, which implements the same mapping).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -17,12 +17,20 @@ from .config import ScheduleConfig
 from .schedule import karras_sigmas
 
 
+def index_seed(seed: int, index: int) -> int:
+    """32-bit seed of sample ``index`` (torch's CPU generator keeps 32 bits of a seed): distinct
+    for every index of one seed; golden-ratio spacing keeps nearby seeds apart."""
+    return (int(seed) * 2654435761 + int(index)) % (2**32)
+
+
 def per_index_noise(seed: int, start: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal noise (count, *shape) fp32 for indices start..start+count-1 of ``seed``."""
-    out = np.empty((count, *shape), dtype=np.float32)
-    for j in range(count):
-        out[j] = np.random.default_rng([int(seed), start + j]).standard_normal(shape, dtype=np.float32)
-    return torch.from_numpy(out)
+    if count == 0:
+        return torch.empty(0, *shape)
+    return torch.stack([
+        torch.randn(shape, generator=torch.Generator().manual_seed(index_seed(seed, start + j)))
+        for j in range(count)
+    ])
 
 
 @torch.no_grad()

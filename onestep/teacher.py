@@ -23,7 +23,7 @@ def freeze(module: nn.Module) -> nn.Module:
 
 
 class Teacher(nn.Module):
-    """Base class. Subclasses set ``network``, ``sample_shape`` and implement ``denoise``.
+    """Base class. Subclasses set ``network``, ``sample_shape`` and implement ``_denoise``.
 
     ``forward(x, sigma, cond, return_features)``: x (B, *sample_shape), sigma (B,) ->
     x0_hat (B, *sample_shape) fp32 [, features of ``network`` at the same input].
@@ -36,30 +36,30 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True):  # a teacher is always in eval mode
         return super().train(False)
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+    def _denoise(self, x, sigma, cond, features: bool):
+        """(x0_hat fp32, features or None)."""
         raise NotImplementedError
 
-    def forward(self, x, sigma, cond=None, return_features: bool = False):
-        if return_features:
-            d, feats = self.network(x, sigma, cond, return_features=True)
-            return self.denoise(x, sigma, cond) if self.exact else d, feats
-        return self.denoise(x, sigma, cond)
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        return self._denoise(x, sigma, cond, False)[0]
 
-    exact: bool = False
+    def forward(self, x, sigma, cond=None, return_features: bool = False):
+        d, feats = self._denoise(x, sigma, cond, return_features)
+        return (d, feats) if return_features else d
 
     def sample_cond(self, n: int, rng: torch.Generator):
         """Conditioning for ``n`` samples (None for unconditional teachers)."""
         return None
 
-    def real_samples(self, n: int, rng: torch.Generator, cond=None) -> torch.Tensor:
-        """Samples of the teacher's distribution (B, *sample_shape) for the head's "real" side."""
+    def real_samples(self, n: int, rng: torch.Generator, cond=None):
+        """Samples of the teacher's distribution for the head's "real" side:
+        x (n, *sample_shape), or (x, cond) for conditional teachers."""
         raise NotImplementedError
 
 
 class AnalyticTeacher(Teacher):
-    """Exact Gaussian-mixture teacher; ``network`` is an MLP fitted to its denoiser."""
-
-    exact = True
+    """Exact Gaussian-mixture teacher; ``network`` is an MLP fitted to its denoiser
+    (copied into generator and fake score; its hidden layer is the feature tap)."""
 
     def __init__(self, gmm: GaussianMixture, network: nn.Module):
         super().__init__()
@@ -67,37 +67,29 @@ class AnalyticTeacher(Teacher):
         self.network = freeze(network)
         self.sample_shape = (gmm.dim,)
 
-    def denoise(self, x, sigma, cond=None):
-        return self.gmm.denoise(x.float(), sigma).float()
+    def _denoise(self, x, sigma, cond, features):
+        d = self.gmm.denoise(x.float(), sigma).float()
+        feats = self.network(x, sigma, cond, return_features=True)[1] if features else None
+        return d, feats
 
     def real_samples(self, n, rng, cond=None):
         x, _ = self.gmm.sample(n, generator=rng)
-        return x.to(next(self.network.parameters()).device)
+        return x
 
 
 class NetworkTeacher(Teacher):
     """A teacher that is a (frozen) denoiser network, e.g. a wrapped diffusers UNet."""
 
-    def __init__(self, network: nn.Module, sampler=None, num_classes: int = 0, cond_sampler=None):
+    def __init__(self, network: nn.Module):
         super().__init__()
         self.network = freeze(network)
         self.sample_shape = tuple(network.sample_shape)
-        self.num_classes = num_classes
-        self._sampler = sampler
-        self._cond_sampler = cond_sampler
 
-    def denoise(self, x, sigma, cond=None):
-        return self.network(x, sigma, cond).float()
-
-    def sample_cond(self, n, rng):
-        if self._cond_sampler is not None:
-            return self._cond_sampler(n, rng)
-        return None
-
-    def real_samples(self, n, rng, cond=None):
-        if self._sampler is None:
-            raise RuntimeError("this teacher has no sample source for the head's real side")
-        return self._sampler(n, rng, cond)
+    def _denoise(self, x, sigma, cond, features):
+        if features:
+            d, feats = self.network(x, sigma, cond, return_features=True)
+            return d.float(), feats
+        return self.network(x, sigma, cond).float(), None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -162,5 +154,5 @@ def load_teacher(config, run_dir=None, device="cpu", progress: bool = True) -> T
     if config.teacher.kind == "diffusers":
         from .diffusers_teacher import load_diffusers_teacher
 
-        return load_diffusers_teacher(config, device=device)
+        return load_diffusers_teacher(config, run_dir=run_dir, device=device, progress=progress)
     raise ValueError(f"unknown teacher kind {config.teacher.kind!r}")

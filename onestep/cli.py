@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="pipeline directory to write")
     _add_common(p)
 
+    p = sub.add_parser("train-teacher", help="train a bundled teacher (EDM loss) as a diffusers pipeline")
+    p.add_argument("--config", required=True, help="YAML teacher-training config (configs/digits-teacher.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--output", required=True, help="pipeline directory to write")
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="distill the bundled digits teacher, evaluate, export (make demo)")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--config", default=None, help="distillation config (default: configs/digits.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per FD evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
     sub.add_parser("objectives", help="list the registered objectives")
     return parser
 
@@ -133,6 +147,25 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_train_teacher(args) -> int:
+    from . import config as config_mod
+    from .teacher_training import train_teacher
+
+    cfg = config_mod.load(args.config, args.overrides, cls=config_mod.TeacherTrainingConfig)
+    info = train_teacher(cfg, args.output, progress=cfg.progress)
+    print(f"trained teacher ({info['parameters']} parameters, {info['steps']} steps, {info['seconds']}s, "
+          f"final loss {info['final_loss']:.4f}) -> {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DEFAULT_CONFIG, run_demo
+
+    run_demo(args.output, args.config or DEFAULT_CONFIG, args.overrides, args.num_samples, args.seed)
+    print(f"demo written to {args.output}/ (report.md, samples.png, teacher.png, fd_vs_nfe.png, pipeline/)")
+    return 0
+
+
 def cmd_objectives(args) -> int:
     from .objectives import table
 
@@ -140,7 +173,8 @@ def cmd_objectives(args) -> int:
     return 0
 
 
-COMMANDS = {"distill": cmd_distill, "sample": cmd_sample, "export": cmd_export, "objectives": cmd_objectives}
+COMMANDS = {"distill": cmd_distill, "sample": cmd_sample, "export": cmd_export,
+            "train-teacher": cmd_train_teacher, "demo": cmd_demo, "objectives": cmd_objectives}
 
 
 def main(argv: list[str] | None = None) -> int:

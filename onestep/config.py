@@ -83,6 +83,9 @@ class ObjectiveConfig:
     fisher_weight: Optional[float] = None  # uni_instruct: weight of L_fisher (1 = exact)
     sigma_sampler: Optional[str] = None  # lognormal | karras | karras_grid; None: objective's
     sigma_range: Optional[list[float]] = None  # [u_lo, u_hi] (karras) or [j_lo, j_hi] (grid)
+    # sigmas of the fake-score loss: lognormal (EDM, the default) or "generator" (the
+    # objective's own sampler, as SiD / DMD2 train their fake score)
+    fake_sigma_sampler: Literal["lognormal", "generator"] = "lognormal"
     weight_norm: Literal["wf", "none"] = "wf"
     logit_clip: float = 10.0
     ratio_clip: list[float] = field(default_factory=lambda: [0.1, 20.0])
@@ -130,6 +133,9 @@ class TrainConfig:
     ema_halflife_kimg: float = 0.0  # EMA half-life in thousands of samples (0: EMA off)
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # recompute UNet activations in backward (saves memory; sid / sim / uni_instruct
+    # backpropagate through teacher and fake score as well as the generator)
+    gradient_checkpointing: bool = False
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 50
@@ -149,6 +155,38 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     # attention kernels of every network: auto | xformers | flash | efficient | math
     attention: Literal["auto", "xformers", "flash", "efficient", "math"] = "auto"
+
+
+@dataclass
+class UNetConfig:
+    """A diffusers ``UNet2DModel`` (see its documentation for each field)."""
+
+    sample_size: int = 8
+    in_channels: int = 1
+    out_channels: int = 1
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: list[str] = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D"])
+    num_class_embeds: Optional[int] = 10
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+
+
+@dataclass
+class TeacherTrainingConfig:
+    """``onestep train-teacher``: an EDM-loss UNet on a bundled data set, saved as a pipeline."""
+
+    dataset: Literal["digits", "digits16"] = "digits"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-4
+    ema_halflife_steps: float = 500.0
+    seed: int = 0
+    progress: bool = True
 
 
 # --------------------------------------------------------------------------- validation
@@ -235,10 +273,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def from_dict(data: dict) -> Config:
-    """Build and validate a Config from a nested dict."""
-    config = _build(Config, data, "")
-    validate(config)
+def from_dict(data: dict, cls: type = None) -> Config:
+    """Build and validate a config (default: the distillation ``Config``) from a nested dict."""
+    config = _build(cls or Config, data, "")
+    if isinstance(config, Config):
+        validate(config)
     return config
 
 
@@ -246,8 +285,15 @@ def to_dict(config: Config) -> dict:
     return asdict(config)
 
 
-def dump_yaml(config: Config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+class _Dumper(yaml.SafeDumper):
+    """Sections in block style, lists (means, betas, ...) inline."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def dump_yaml(config) -> str:
+    return yaml.dump(to_dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -273,7 +319,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load(path: str | Path, overrides: list[str] | None = None, cls: type = None) -> Config:
     """Load a YAML config file, apply ``--set`` overrides, validate."""
     path = Path(path)
     if not path.is_file():
@@ -286,7 +332,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise OnestepError(f"config file {path} is not valid YAML{where}") from exc
     if not isinstance(data, dict):
         raise OnestepError(f"config file {path}: expected a mapping at the top level")
-    return from_dict(apply_overrides(data, overrides or []))
+    return from_dict(apply_overrides(data, overrides or []), cls)
 
 
 def loads(text: str) -> Config:

@@ -81,3 +81,61 @@ def train_denoiser(
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
     return (ema if ema is not None else network), losses
+
+
+def train_teacher(cfg, output, progress: bool = True) -> dict:
+    """Train a class-conditional UNet2DModel under the EDM loss on a bundled data set and save
+    it as a diffusers pipeline directory (``EDMPipeline``: unet + EDMEulerScheduler).
+
+    Returns {"seconds", "final_loss", "parameters"}.
+    """
+    import dataclasses
+    import json
+    import shutil
+    import time
+    from pathlib import Path
+
+    from diffusers import EDMEulerScheduler, UNet2DModel
+
+    from .config import dump_yaml
+    from .data import load_digits
+    from .diffusers_denoiser import DiffusersDenoiser, parameterization_of
+    from .pipeline import EDMPipeline
+
+    t0 = time.perf_counter()
+    x, y = load_digits(size=16 if cfg.dataset == "digits16" else 8)
+    unet_kwargs = dataclasses.asdict(cfg.unet)
+    unet_kwargs["sample_size"] = x.shape[-1]
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        unet = UNet2DModel(**unet_kwargs)
+    s = cfg.schedule
+    scheduler = EDMEulerScheduler(sigma_min=s.sigma_min, sigma_max=s.sigma_max, sigma_data=s.sigma_data,
+                                  rho=s.rho, prediction_type=cfg.prediction_type)
+    network = DiffusersDenoiser(unet, parameterization_of(scheduler))
+    labelled = unet_kwargs.get("num_class_embeds")
+
+    def draw(n, rng):
+        idx = torch.randint(0, len(x), (n,), generator=rng)
+        return x[idx], (y[idx] if labelled else None)
+
+    trained, losses = train_denoiser(network, draw, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                                     schedule=s, seed=cfg.seed, ema_halflife_steps=cfg.ema_halflife_steps,
+                                     progress=progress, desc="train teacher")
+    output = Path(output)
+    tmp = output.with_name(output.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    EDMPipeline(unet=trained.unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+    shutil.copyfile(Path(__file__).with_name("pipeline.py"), tmp / "pipeline.py")
+    index = json.loads((tmp / "model_index.json").read_text())
+    index["_class_name"] = ["pipeline", "EDMPipeline"]
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    seconds = time.perf_counter() - t0
+    info = {"seconds": round(seconds, 1), "final_loss": sum(losses[-100:]) / min(100, len(losses)),
+            "parameters": sum(p.numel() for p in unet.parameters()), "steps": cfg.steps}
+    (tmp / "training.json").write_text(json.dumps(info, indent=1))
+    (tmp / "training_config.yaml").write_text(dump_yaml(cfg))
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)
+    return info

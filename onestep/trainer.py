@@ -68,6 +68,14 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(flag)
 
 
+def enable_gradient_checkpointing(*networks: nn.Module) -> None:
+    """Activation checkpointing in every diffusers UNet among ``networks`` (others: unchanged)."""
+    for net in networks:
+        unet = getattr(net, "unet", None)
+        if unet is not None and getattr(unet, "_supports_gradient_checkpointing", False):
+            unet.enable_gradient_checkpointing()
+
+
 def _finite(*tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
 
@@ -119,6 +127,8 @@ class Trainer:
         head = None
         if self.use_ratio or self.use_gan:
             head = DiscriminatorHead(self._feature_shape(), hidden=config.gan.hidden)
+        if tr.gradient_checkpointing:
+            enable_gradient_checkpointing(generator.network, fake.network, self.teacher.network)
         opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
         betas = tuple(tr.betas)
         opt_g = opt_cls(generator.parameters(), lr=tr.lr_generator, betas=betas, weight_decay=tr.weight_decay)
@@ -273,7 +283,10 @@ class Trainer:
                     z = self._randn(*shape)
                     with torch.no_grad(), self.acc.autocast():
                         x_g = self.acc.unwrap_model(self.generator)(z, cond).float()
-                sigma = self._sigma("lognormal")
+                if cfg.objective.fake_sigma_sampler == "generator":
+                    sigma = self._sigma(self.sigma_sampler, self.sigma_range)
+                else:
+                    sigma = self._sigma("lognormal")
                 noise = self._randn(*shape)
                 x_dn = x_g + expand(sigma, x_g) * noise
                 head_terms = None

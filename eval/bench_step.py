@@ -1,0 +1,203 @@
+"""Cost of one training iteration against its unavoidable network passes.
+
+For each objective: times a full iteration (generator step + fake-score steps, with the
+trainer's optimizers, EMA, clipping and logging) and, in the same run, each network pass
+the iteration cannot avoid, alone with the same shapes: generator forward+backward, teacher
+and fake-score forward (+ backward to the input when the objective's gradient flows
+through them), the fake-score forward+backward of its own loss, the head's passes, and the
+extra generator forwards of additional fake steps. Prints ``iteration / sum-of-passes``
+(target: at most 1.10).
+
+    python eval/bench_step.py --teacher configs/digits.yaml
+    python eval/bench_step.py --arch ddpm-cifar10 --batch 8            # random weights
+    python eval/bench_step.py --arch ddpm-cifar10 --batch 64 --mixed-precision bf16   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from onestep import config as config_mod
+from onestep.objectives.common import expand
+from onestep.trainer import Trainer, frozen
+
+OBJECTIVES = ["dmd", "sid", "sim", "diff_instruct", "f_distill:js", "uni_instruct:js"]
+
+
+def build_cifar_teacher(folder: Path) -> str:
+    """google/ddpm-cifar10-32's architecture (ECOSYSTEM.md) with random weights."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                       block_out_channels=(128, 256, 256, 256), norm_eps=1e-6, freq_shift=1,
+                       flip_sin_to_cos=False, downsample_padding=0,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(clip_sample=True)).save_pretrained(folder)
+    return str(folder)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats: int) -> float:
+    fn()  # warm-up
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def passes(tr: Trainer) -> dict:
+    """The unavoidable passes of one iteration, each as a closure with the trainer's shapes."""
+    cfg, shape, dev = tr.cfg, tr.teacher.sample_shape, tr.device
+    b = tr.local_batch
+    through = tr.spec.grad_through
+    gen, fake = tr.acc.unwrap_model(tr.generator), tr.acc.unwrap_model(tr.fake)
+    head = tr.acc.unwrap_model(tr.head) if tr.head is not None else None
+    cond = tr._slice(tr.teacher.sample_cond(cfg.train.batch_size, torch.Generator().manual_seed(0)))
+    z = torch.randn(b, *shape, device=dev)
+    sigma = torch.full((b,), 1.0, device=dev)
+    x_t = torch.randn(b, *shape, device=dev)
+    ac = tr.acc.autocast
+
+    def gen_fwd_bwd():
+        with ac():
+            x = gen(z, cond).float()
+        x.square().mean().backward()
+
+    def net_pass(net, grad: bool, features: bool):
+        def run():
+            if grad:
+                x = x_t.clone().requires_grad_(True)
+                with frozen(fake), ac():
+                    out = net(x, sigma, cond, return_features=True) if features else net(x, sigma, cond)
+                d = out[0] if features else out
+                d.float().square().mean().backward()
+            else:
+                with torch.no_grad(), ac():
+                    net(x_t, sigma, cond, return_features=features) if features else net(x_t, sigma, cond)
+        return run
+
+    feats_from = tr.head_features if head is not None else None
+    out = {
+        "generator fwd+bwd": gen_fwd_bwd,
+        "teacher fwd" + ("+bwd(x)" if "teacher" in through else ""):
+            net_pass(tr.teacher, "teacher" in through, feats_from == "teacher"),
+        "fake fwd" + ("+bwd(x)" if "fake_score" in through else ""):
+            net_pass(fake, "fake_score" in through, feats_from == "fake_score"),
+    }
+    k = cfg.train.fake_steps_per_gen
+    fake_batch = b * (3 if feats_from == "fake_score" else 1)
+    xf = torch.randn(fake_batch, *shape, device=dev)
+    sf = torch.full((fake_batch,), 1.0, device=dev)
+    cf = cond if cond is None or feats_from != "fake_score" else torch.cat([cond] * 3)
+
+    def fake_loss():
+        with ac():
+            d = fake(xf, sf, cf, return_features=feats_from == "fake_score")
+        (d[0] if isinstance(d, tuple) else d).float().square().mean().backward()
+
+    out[f"fake fwd+bwd x{k}"] = lambda: [fake_loss() for _ in range(k)]
+    if k > 1:
+        def extra_gen():
+            with torch.no_grad(), ac():
+                for _ in range(k - 1):
+                    gen(z, cond)
+        out[f"generator fwd x{k - 1}"] = extra_gen
+    if head is not None:
+        x2, s2 = torch.randn(2 * b, *shape, device=dev), torch.full((2 * b,), 1.0, device=dev)
+        c2 = None if cond is None else torch.cat([cond, cond])
+
+        def head_pass():
+            for _ in range(k):
+                if feats_from == "teacher":
+                    with torch.no_grad(), ac():
+                        _, f = tr.teacher(x2, s2, c2, return_features=True)
+                else:
+                    f = torch.randn(2 * b, *tr._feature_shape(), device=dev)
+                head(f, s2).square().mean().backward()
+        out["head passes"] = head_pass
+    return out
+
+
+def bench(config: config_mod.Config, label: str, repeats: int, teacher=None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(config, tmp, teacher=teacher)
+        tr.iteration()  # builds caches (teacher samples), warms up
+        iteration = timed(tr.iteration, tr.device, repeats)
+        parts = {name: timed(fn, tr.device, repeats) for name, fn in passes(tr).items()}
+        for p in list(tr.generator.parameters()) + list(tr.fake.parameters()):
+            p.grad = None
+        peak = torch.cuda.max_memory_allocated() / 2**30 if tr.device.type == "cuda" else None
+        return {"objective": label, "iteration": iteration, "passes": parts, "sum": sum(parts.values()),
+                "ratio": iteration / sum(parts.values()), "images_per_s": config.train.batch_size / iteration,
+                "peak_gib": peak, "teacher": tr.teacher}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", help="a distillation config whose teacher is benchmarked")
+    ap.add_argument("--arch", choices=["ddpm-cifar10"], help="a built-in architecture with random weights")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES))
+    ap.add_argument("--fake-steps", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    ap.add_argument("--attention", default="auto")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    args = ap.parse_args(argv)
+    if not (args.teacher or args.arch):
+        ap.error("give --teacher CONFIG or --arch ddpm-cifar10")
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.arch:
+        base = {"teacher": {"kind": "diffusers", "path": build_cifar_teacher(Path(tmp.name) / "cifar")}}
+    else:
+        base = config_mod.to_dict(config_mod.load(args.teacher))
+    base.setdefault("train", {}).update(
+        steps=10**6, batch_size=args.batch, fake_steps_per_gen=args.fake_steps, progress=False,
+        log_every=10**6, checkpoint_every=10**6, mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing)
+    base["attention"] = args.attention
+    base.setdefault("data", {}).update(cache_size=max(args.batch, 16), cache_steps=2, cache_batch=max(args.batch, 16))
+    rows, teacher = [], None
+    for item in args.objectives.split(","):
+        name, _, f = item.partition(":")
+        data = {**base, "objective": {"name": name, **({"f": f, "ratio_warmup": 0} if f else {})}}
+        data["gan"] = {"weight": 0.0}
+        cfg = config_mod.from_dict(data)
+        r = bench(cfg, item, args.repeats, teacher)
+        teacher = r.pop("teacher")  # load the teacher once
+        rows.append(r)
+        detail = ", ".join(f"{k} {v * 1e3:.0f}ms" for k, v in r["passes"].items())
+        print(f"{item:18s} iteration {r['iteration'] * 1e3:8.1f} ms  passes {r['sum'] * 1e3:8.1f} ms  "
+              f"ratio {r['ratio']:.3f}  ({detail})", flush=True)
+    device = "cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
+    print(f"\n{device}, batch {args.batch}, mixed precision {args.mixed_precision}")
+    print(f"{'objective':18s} {'iter/passes':>12s} {'images/s':>10s} {'peak GiB':>9s}")
+    for r in rows:
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+        print(f"{r['objective']:18s} {r['ratio']:12.3f} {r['images_per_s']:10.1f} {peak:>9s}")
+    worst = max(r["ratio"] for r in rows)
+    print(f"worst iteration / sum-of-passes: {worst:.3f} (target <= 1.10)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Two CPU processes over gloo (torchrun) end with the weights of one process on the same
+global batch: per-rank slices of one global noise draw, DDP gradient averaging and the
+all-reduced ratio-weight normalisation make the process count invisible."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import SMALL_GMM
+from safetensors.torch import load_file
+
+from onestep.checkpoint import latest_checkpoint
+from onestep.teacher import TEACHER_NETWORK_FILE
+
+
+def _config(tmp_path, **train):
+    data = {**SMALL_GMM, "objective": {"name": "f_distill", "f": "js", "ratio_warmup": 2},
+            "gan": {"weight": 0.01}}
+    data["train"] = {**SMALL_GMM["train"], "steps": 6, "batch_size": 32, "checkpoint_every": 6,
+                     "ema_halflife_kimg": 0.5, **train}
+    path = tmp_path / f"cfg{len(train)}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(cmd, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _seed_teacher(small_teacher, run):
+    """Both runs read the same fitted teacher network (as a resumed run would)."""
+    from onestep.checkpoint import atomic_save
+
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_save(small_teacher.network.state_dict(), run / TEACHER_NETWORK_FILE)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_processes_equal_one(tmp_path, small_teacher, grad_accum):
+    cfg = _config(tmp_path, grad_accum=grad_accum)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run in (one, two):
+        _seed_teacher(small_teacher, run)
+    _run([sys.executable, "-m", "onestep", "distill", "--config", str(cfg), "--output", str(one), "--resume", "latest"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+          "-m", "onestep", "distill", "--config", str(cfg), "--output", str(two), "--resume", "latest"])
+    a, b = load_file(str(latest_checkpoint(one))), load_file(str(latest_checkpoint(two)))
+    assert a.keys() == b.keys()
+    moved = 0
+    for k in a:
+        if k.split(".")[0] in ("generator", "fake_score", "head", "ema"):
+            torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4, msg=k)
+            moved += 1
+    assert moved > 10
+    # and training did move the weights: the comparison is not between two initialisations
+    init = small_teacher.network.state_dict()
+    assert not torch.allclose(a["generator.network.out.weight"], init["out.weight"])
+    # only the main process wrote logs
+    rows = (two / "stats.jsonl").read_text().splitlines()
+    assert len(rows) == len({r for r in rows})

@@ -126,6 +126,9 @@ class TrainConfig:
     lr_generator: float = 1e-4
     lr_fake: float = 1e-4
     lr_head: Optional[float] = None  # None: lr_fake
+    # generator learning-rate schedule: constant, or cosine decay to 10% over train.steps
+    # (the fake score keeps its rate: it must track a moving target)
+    lr_decay: Literal["none", "cosine"] = "none"
     optimizer: Literal["adam", "adamw"] = "adam"
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
     weight_decay: float = 0.0

@@ -384,8 +384,20 @@ class Trainer:
         for pe, p in zip(self.ema.parameters(), self.acc.unwrap_model(self.generator).parameters()):
             pe.lerp_(p.detach().float(), 1.0 - self.ema_beta)
 
+    def _set_generator_lr(self) -> float:
+        """Generator learning rate at ``self.step`` (a function of the step: resumes exactly)."""
+        tr = self.cfg.train
+        lr = tr.lr_generator
+        if tr.lr_decay == "cosine":
+            lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(self.step / tr.steps, 1.0)))
+        for group in self.opt_g.param_groups:
+            group["lr"] = lr
+        return lr
+
     def iteration(self) -> dict:
+        lr = self._set_generator_lr()
         stats = self.generator_step()
+        stats["lr_generator"] = lr
         for k in range(self.cfg.train.fake_steps_per_gen):
             stats.update(self.fake_step(reuse=k == 0))
         self.step += 1

@@ -5,7 +5,15 @@ import torch
 
 from onestep.objectives import F_NAMES, f_value, f_weights
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Double precision for this module only (a module-level setting would leak into other tests)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _derivatives(name, r, f_alpha):

@@ -1,0 +1,46 @@
+"""Samplers: per-index noise, the EDM Heun sampler on an exact denoiser, sigma samplers."""
+
+import math
+
+import torch
+
+from onestep.config import ScheduleConfig
+from onestep.sampling import edm_sample, heun_steps_for_nfe, per_index_noise
+from onestep.schedule import karras_sigmas, log_sigma_bins, sample_sigma
+from onestep.toy import GaussianMixture, evaluate_samples
+
+
+def test_per_index_noise_is_batch_independent_and_distinct():
+    whole = per_index_noise(7, 0, 10, (3, 2))
+    parts = torch.cat([per_index_noise(7, 0, 4, (3, 2)), per_index_noise(7, 4, 6, (3, 2))])
+    assert torch.equal(whole, parts)
+    assert not torch.allclose(per_index_noise(8, 0, 10, (3, 2)), whole)
+    assert len({tuple(r.flatten().tolist()) for r in whole}) == 10
+
+
+def test_heun_with_the_exact_denoiser_samples_the_mixture():
+    gmm = GaussianMixture([[1.0, 0.0], [-1.0, 0.5]], [0.1, 0.2], [0.7, 0.3])
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+    x = edm_sample(lambda x, s, c: gmm.denoise(x, s).float(), z, ScheduleConfig(), 32)
+    r = evaluate_samples(x, gmm)
+    assert r["mmd"] < 5 * abs(r["mmd_floor"]) + 2e-3
+    torch.testing.assert_close(torch.tensor(r["mass"]), gmm.weights.float() * (1 - math.exp(-4.5)), atol=0.03, rtol=0)
+    one_step = edm_sample(lambda x, s, c: gmm.denoise(x, s).float(), z, ScheduleConfig(), 1, heun=False)
+    assert evaluate_samples(one_step, gmm)["mmd"] > 10 * r["mmd"]  # one Euler step is the mean
+    assert heun_steps_for_nfe(63) == 32 and heun_steps_for_nfe(1) == 1
+
+
+def test_sigma_samplers_follow_their_definitions():
+    cfg = ScheduleConfig()
+    rng = torch.Generator().manual_seed(0)
+    logn = sample_sigma("lognormal", 50_000, cfg, rng).log()
+    assert abs(float(logn.mean()) - cfg.p_mean) < 0.02 and abs(float(logn.std()) - cfg.p_std) < 0.02
+    k = sample_sigma("karras", 50_000, cfg, rng, (0.0, 0.8))
+    hi = (cfg.sigma_min ** (1 / 7) + 0.8 * (cfg.sigma_max ** (1 / 7) - cfg.sigma_min ** (1 / 7))) ** 7
+    assert float(k.min()) >= cfg.sigma_min * 0.999 and float(k.max()) <= hi * 1.001
+    grid = karras_sigmas(1000, cfg)
+    g = sample_sigma("karras_grid", 5000, cfg, rng, (20, 980)).double()
+    assert float(g.min()) >= float(grid[20]) * 0.9999 and float(g.max()) <= float(grid[980]) * 1.0001
+    assert abs(float(grid[0]) - cfg.sigma_min) < 1e-9 and abs(float(grid[-1]) - cfg.sigma_max) < 1e-6
+    bins = log_sigma_bins(torch.tensor([cfg.sigma_min, 1.0, cfg.sigma_max]), cfg, 8)
+    assert bins.tolist()[0] == 0 and bins.tolist()[-1] == 7

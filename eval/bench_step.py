@@ -16,7 +16,6 @@ extra generator forwards of additional fake steps. Prints ``iteration / sum-of-p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,6 @@ from pathlib import Path
 import torch
 
 from onestep import config as config_mod
-from onestep.objectives.common import expand
 from onestep.trainer import Trainer, frozen
 
 OBJECTIVES = ["dmd", "sid", "sim", "diff_instruct", "f_distill:js", "uni_instruct:js"]

@@ -8,7 +8,6 @@ Nothing is pickled: tensors go to safetensors, the rest to JSON in its metadata.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path

@@ -196,7 +196,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def make_reference(name: str, images, features: str = "digits", cache_root: str | Path | None = None,
                    weights=None, batch_size: int = 256) -> Path:
     """Featurise a reference set once into torch-fidelity's cache under ``name``."""
-    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
+    from torch_fidelity.utils import (
+        create_feature_extractor,
+        extract_featuresdict_from_input_id_cached,
+    )
 
     kwargs = extractor_kwargs(features, weights)
     ext_name = kwargs.pop("feature_extractor")

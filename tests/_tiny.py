@@ -39,7 +39,12 @@ def clip_tokenizer():
 
 def save_latent_pipeline(path: Path, seed=0) -> str:
     """Stable-Diffusion layout: UNet2DConditionModel + AutoencoderKL (x2) + CLIP, DDPM scheduler."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)

@@ -4,7 +4,13 @@ tiny teachers distill, and unsupported teachers are refused in one line."""
 import pytest
 import torch
 from _tiny import pixel_unet, save_latent_pipeline, save_pixel_pipeline
-from diffusers import DDIMScheduler, DDPMScheduler, EDMEulerScheduler, EulerDiscreteScheduler, PNDMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    EDMEulerScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
 
 from onestep import config as config_mod
 from onestep.diffusers_denoiser import DiffusersDenoiser, parameterization_of

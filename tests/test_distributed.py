@@ -3,7 +3,6 @@ global batch: per-rank slices of one global noise draw, DDP gradient averaging a
 all-reduced ratio-weight normalisation make the process count invisible."""
 
 import os
-import shutil
 import subprocess
 import sys
 

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 from _tiny import save_latent_pipeline, save_pixel_pipeline
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, DiffusionPipeline, EDMEulerScheduler
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    EDMEulerScheduler,
+)
 
 from onestep.cli import main
 from onestep.errors import OnestepError
@@ -112,8 +118,8 @@ def test_broken_pipeline_directories_give_clear_errors(class_run, tmp_path, caps
 
 
 def test_export_of_a_non_image_run_is_refused(tmp_path, capsys):
-    from conftest import SMALL_GMM
     import yaml
+    from conftest import SMALL_GMM
 
     cfg = tmp_path / "g.yaml"
     cfg.write_text(yaml.safe_dump({**SMALL_GMM, "train": {**SMALL_GMM["train"], "steps": 1, "checkpoint_every": 1}}))

@@ -6,7 +6,6 @@ import torch
 from onestep.objectives import F_NAMES, f_value, f_weights
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     """Double precision for this module only (a module-level setting would leak into other tests)."""

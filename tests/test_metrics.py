@@ -9,7 +9,13 @@ import torch_fidelity
 
 from onestep.data import load_digits
 from onestep.errors import OnestepError
-from onestep.metrics import ImageTensorDataset, compute_metrics, extractor_kwargs, features_of, inception_weights
+from onestep.metrics import (
+    ImageTensorDataset,
+    compute_metrics,
+    extractor_kwargs,
+    features_of,
+    inception_weights,
+)
 
 
 def _frechet_scipy(a, b):

@@ -44,34 +44,33 @@ class FWeights:
 
 def f_weights(name: str, log_r: torch.Tensor, f_alpha: float = 0.5) -> FWeights:
     """Closed-form weights of divergence ``name`` at ``log_r`` (B,)."""
-    l = log_r
-    r = l.exp()
-    one = torch.ones_like(l)
-    zero = torch.zeros_like(l)
+    r = log_r.exp()
+    one = torch.ones_like(log_r)
+    zero = torch.zeros_like(log_r)
     if name == "rkl":
         return FWeights(one, one, zero, zero)
     if name == "srkl":
         return FWeights(
-            torch.sigmoid(-l), (2 * r + 1) / (r + 1) ** 2, -r / (r + 1) ** 2, -2 * r**2 / (r + 1) ** 3
+            torch.sigmoid(-log_r), (2 * r + 1) / (r + 1) ** 2, -r / (r + 1) ** 2, -2 * r**2 / (r + 1) ** 3
         )
     if name == "js":
-        return FWeights(torch.sigmoid(l), (r / (r + 1)) ** 2, r / (r + 1) ** 2, 2 * r**2 / (r + 1) ** 3)
+        return FWeights(torch.sigmoid(log_r), (r / (r + 1)) ** 2, r / (r + 1) ** 2, 2 * r**2 / (r + 1) ** 3)
     if name == "sh":
-        sq = (0.5 * l).exp()
+        sq = (0.5 * log_r).exp()
         return FWeights(sq / 4, sq / 8, sq / 8, sq / 16)
     if name == "fkl":
         return FWeights(r, zero, r, zero)
     if name == "jeffreys":
         return FWeights(1 + r, one, r, zero)
     if name == "chi2":
-        r2 = (2 * l).exp()
+        r2 = (2 * log_r).exp()
         return FWeights(2 * r2, -2 * r2, 4 * r2, -4 * r2)
     if name == "neyman":
-        inv = (-l).exp()
+        inv = (-log_r).exp()
         return FWeights(2 * inv, 4 * inv, -2 * inv, -4 * inv)
     if name == "alpha":
         a = f_alpha
-        ra = (a * l).exp()
+        ra = (a * log_r).exp()
         return FWeights(ra, (1 - a) * ra, a * ra, a * (1 - a) * ra)
     raise ValueError(f"unknown f-divergence '{name}' (known: {', '.join(F_NAMES)})")
 

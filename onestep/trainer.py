@@ -130,12 +130,16 @@ class Trainer:
         if tr.gradient_checkpointing:
             enable_gradient_checkpointing(generator.network, fake.network, self.teacher.network)
         opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
-        betas = tuple(tr.betas)
-        opt_g = opt_cls(generator.parameters(), lr=tr.lr_generator, betas=betas, weight_decay=tr.weight_decay)
+        betas = tuple(float(b) for b in tr.betas)
+        # the fused Adam kernel (CPU and CUDA) instead of torch's default per-tensor loop on CPU:
+        # 3 ms against 27 ms per step for the digits UNet's 0.7M parameters (eval/bench_step.py)
+        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
+        opt_kw = {"betas": betas, "weight_decay": tr.weight_decay, **fused}
+        opt_g = opt_cls(generator.parameters(), lr=tr.lr_generator, **opt_kw)
         groups = [{"params": list(fake.parameters()), "lr": tr.lr_fake}]
         if head is not None:
             groups.append({"params": list(head.parameters()), "lr": tr.lr_head or tr.lr_fake})
-        opt_f = opt_cls(groups, lr=tr.lr_fake, betas=betas, weight_decay=tr.weight_decay)
+        opt_f = opt_cls(groups, lr=tr.lr_fake, **opt_kw)
         if head is not None:
             generator, fake, head, opt_g, opt_f = self.acc.prepare(generator, fake, head, opt_g, opt_f)
         else:
@@ -147,6 +151,7 @@ class Trainer:
             self.ema = copy.deepcopy(self.acc.unwrap_model(generator)).eval().requires_grad_(False)
             self.ema_beta = 0.5 ** (tr.batch_size / (tr.ema_halflife_kimg * 1000.0))
         self.rng = torch.Generator().manual_seed(tr.seed)
+        self._param_cache: dict[tuple, list[torch.Tensor]] = {}
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_streak = {"generator": 0, "fake": 0}  # consecutive skipped steps per network
@@ -346,7 +351,7 @@ class Trainer:
     def _backward_and_step(self, loss, module, optimizer, name, stats, extra=None) -> bool:
         """Backward, clip, step; a non-finite loss or gradient skips the step (counted)."""
         tr = self.cfg.train
-        params = list(module.parameters()) + (list(extra.parameters()) if extra is not None else [])
+        params = self._param_list(module, extra)
         if not _finite(loss):
             optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite(name, "loss")
@@ -382,10 +387,18 @@ class Trainer:
                 f"rates or use train.mixed_precision=no"
             )
 
+    def _param_list(self, *modules) -> list[torch.Tensor]:
+        """The parameters of ``modules`` (None skipped), listed once and cached."""
+        key = tuple(id(m) for m in modules)
+        if key not in self._param_cache:
+            self._param_cache[key] = [p for m in modules if m is not None for p in m.parameters()]
+        return self._param_cache[key]
+
     @torch.no_grad()
     def _update_ema(self) -> None:
-        for pe, p in zip(self.ema.parameters(), self.acc.unwrap_model(self.generator).parameters()):
-            pe.lerp_(p.detach().float(), 1.0 - self.ema_beta)
+        ema = self._param_list(self.ema)
+        live = self._param_list(self.acc.unwrap_model(self.generator))
+        torch._foreach_lerp_(ema, [p.detach() for p in live], 1.0 - self.ema_beta)
 
     def _set_generator_lr(self) -> float:
         """Generator learning rate at ``self.step`` (a function of the step: resumes exactly)."""

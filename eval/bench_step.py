@@ -49,8 +49,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats: int) -> float:
-    fn()  # warm-up
+def timed(fn, device, repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     _sync(device)
     times = []
     for _ in range(repeats):
@@ -138,13 +139,24 @@ def bench(config: config_mod.Config, label: str, repeats: int, teacher=None) -> 
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(config, tmp, teacher=teacher)
         tr.iteration()  # builds caches (teacher samples), warms up
-        iteration = timed(tr.iteration, tr.device, repeats)
-        parts = {name: timed(fn, tr.device, repeats) for name, fn in passes(tr).items()}
+        fns = passes(tr)
+        for fn in fns.values():
+            fn()  # warm-up
+        # interleaved rounds (an iteration, then each pass once): drift in the machine's speed
+        # hits both sides of the ratio alike; the medians over rounds are reported
+        rounds = []
+        for _ in range(repeats):
+            row = {"iteration": timed(tr.iteration, tr.device, 1, warmup=False)}
+            row.update({name: timed(fn, tr.device, 1, warmup=False) for name, fn in fns.items()})
+            rounds.append(row)
+        iteration = statistics.median(r["iteration"] for r in rounds)
+        parts = {name: statistics.median(r[name] for r in rounds) for name in fns}
+        ratio = statistics.median(r["iteration"] / sum(r[n] for n in fns) for r in rounds)
         for p in list(tr.generator.parameters()) + list(tr.fake.parameters()):
             p.grad = None
         peak = torch.cuda.max_memory_allocated() / 2**30 if tr.device.type == "cuda" else None
         return {"objective": label, "iteration": iteration, "passes": parts, "sum": sum(parts.values()),
-                "ratio": iteration / sum(parts.values()), "images_per_s": config.train.batch_size / iteration,
+                "ratio": ratio, "images_per_s": config.train.batch_size / iteration,
                 "peak_gib": peak, "teacher": tr.teacher}
 
 

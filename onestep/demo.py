@@ -31,8 +31,8 @@ def _class_rows(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
-def run_demo(output="runs/demo", config=DEFAULT_CONFIG, overrides=(), num_samples: int = 1000, seed: int = 0,
-             progress: bool = True) -> dict:
+def run_demo(output="runs/demo", config=DEFAULT_CONFIG, overrides=(), num_samples: int = 1000,
+             seed: int = 0) -> dict:
     from .export import export_run
     from .runs import load_generator
     from .trainer import Trainer

@@ -51,7 +51,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, steps: int = 3000, batch_
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, len(x), (batch_size,), generator=gen)
-        xb = x[idx] + noise * torch.randn(x[idx].shape, generator=gen)
+        xb = x[idx]
+        xb = xb + noise * torch.randn(xb.shape, generator=gen)
         loss = F.cross_entropy(model(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

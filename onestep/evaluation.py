@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from .metrics import features_of, frechet_distance
+from .metrics import feature_extractor, features_of, frechet_distance
 from .sampling import edm_sample, generate, heun_steps_for_nfe, per_index_noise
 
 
@@ -54,14 +54,14 @@ def student_samples(generator, num_samples: int, seed: int, num_classes: int, ba
 
 
 class FDScorer:
-    """Frechet distance to a fixed reference set, its features computed once."""
+    """Frechet distance to a fixed reference set, its features and the extractor made once."""
 
     def __init__(self, reference: torch.Tensor, features: str = "digits", weights=None):
-        self.features, self.weights = features, weights
-        self.ref = features_of(reference, features, weights)
+        self.extractor = feature_extractor(features, weights)
+        self.ref = features_of(reference, extractor=self.extractor)
 
     def __call__(self, x: torch.Tensor) -> float:
-        return frechet_distance(features_of(x, self.features, self.weights), self.ref)
+        return frechet_distance(features_of(x, extractor=self.extractor), self.ref)
 
     def floor(self, reference: torch.Tensor, num_samples: int, seed: int = 0) -> float:
         """FD of ``num_samples`` reference images against the whole reference (the noise floor)."""

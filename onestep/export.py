@@ -52,24 +52,39 @@ def build_pipeline(run_dir, ema: bool = False, device="cpu"):
     return pipe.to(device), network, cfg
 
 
-def export_run(run_dir, output, ema: bool = False) -> Path:
-    """Write the pipeline directory; returns its path."""
+def save_self_contained(pipe, output, write_extra=None) -> Path:
+    """Write ``pipe`` as a pipeline directory that loads without ``onestep``, atomically.
+
+    ``save_pretrained`` output (safetensors), a copy of ``onestep/pipeline.py`` and a
+    ``model_index.json`` naming the class in it; ``write_extra(tmp_dir)`` adds files before the
+    directory is renamed into place. Returns ``output``.
+    """
     output = Path(output)
-    pipe, network, cfg = build_pipeline(run_dir, ema=ema)
     tmp = output.with_name(output.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
     shutil.copyfile(PIPELINE_FILE, tmp / "pipeline.py")
     index_path = tmp / "model_index.json"
     index = json.loads(index_path.read_text())
-    index["_class_name"] = ["pipeline", "OneStepPipeline"]
+    index["_class_name"] = ["pipeline", type(pipe).__name__]
     index_path.write_text(json.dumps(index, indent=2))
-    if stock_compatible(network, cfg.generator.sigma_init):
-        _write_stock_scheduler(tmp / "stock_scheduler", network)
+    if write_extra is not None:
+        write_extra(tmp)
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)
     return output
+
+
+def export_run(run_dir, output, ema: bool = False) -> Path:
+    """Write the pipeline directory; returns its path."""
+    pipe, network, cfg = build_pipeline(run_dir, ema=ema)
+
+    def stock_scheduler(tmp: Path) -> None:
+        if stock_compatible(network, cfg.generator.sigma_init):
+            _write_stock_scheduler(tmp / "stock_scheduler", network)
+
+    return save_self_contained(pipe, output, stock_scheduler)
 
 
 def stock_compatible(network, sigma_init: float) -> bool:

@@ -27,6 +27,7 @@ from .errors import OnestepError
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DIGITS_NAME = "onestep-digits"
 METRICS = ("fid", "kid", "isc", "prc")
+DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "onestep" / "fidelity"
 
 
 class ImageTensorDataset(Dataset):
@@ -160,7 +161,7 @@ def compute_metrics(samples, reference, features: str = "digits", metrics=("fid"
         kwargs["input2"] = ImageTensorDataset(ref)
         if reference_name:
             kwargs.update(input2_cache_name=f"{reference_name}-{features}", cache=True,
-                          cache_root=str(cache_root or Path.home() / ".cache" / "onestep" / "fidelity"))
+                          cache_root=str(cache_root or DEFAULT_CACHE_ROOT))
     if "kid" in metrics:
         n = min(len(x), len(ref)) if ref is not None else len(x)
         kwargs["kid_subset_size"] = kid_subset_size or min(1000, n)
@@ -169,14 +170,21 @@ def compute_metrics(samples, reference, features: str = "digits", metrics=("fid"
     return out
 
 
-def features_of(x: torch.Tensor, features: str = "digits", weights=None, batch_size: int = 512) -> np.ndarray:
-    """Feature vectors (N, F) float64 of images (N, C, H, W) in [-1, 1] with the named extractor."""
+def feature_extractor(features: str = "digits", weights=None):
+    """The named extractor (CPU), returning the FD feature layer: call it once, reuse it."""
     from torch_fidelity.utils import create_feature_extractor
 
     kwargs = extractor_kwargs(features, weights)
     name = kwargs.pop("feature_extractor")
     layer = "features" if features == "digits" else "2048"
-    ext = create_feature_extractor(name, [layer], cuda=False, verbose=False, **kwargs)
+    return create_feature_extractor(name, [layer], cuda=False, verbose=False, **kwargs)
+
+
+def features_of(x: torch.Tensor, features: str = "digits", weights=None, batch_size: int = 512,
+                extractor=None) -> np.ndarray:
+    """Feature vectors (N, F) float64 of images (N, C, H, W) in [-1, 1] with the named extractor
+    (or ``extractor``, from ``feature_extractor``)."""
+    ext = extractor if extractor is not None else feature_extractor(features, weights)
     ds = ImageTensorDataset(x)
     out = []
     with torch.no_grad():
@@ -203,7 +211,7 @@ def make_reference(name: str, images, features: str = "digits", cache_root: str 
 
     kwargs = extractor_kwargs(features, weights)
     ext_name = kwargs.pop("feature_extractor")
-    root = Path(cache_root or Path.home() / ".cache" / "onestep" / "fidelity")
+    root = Path(cache_root or DEFAULT_CACHE_ROOT)
     layers = ["features", "logits"] if features == "digits" else ["2048", "logits_unbiased"]
     ext = create_feature_extractor(ext_name, layers, cuda=torch.cuda.is_available(), verbose=False, **kwargs)
     extract_featuresdict_from_input_id_cached(

@@ -91,7 +91,6 @@ def train_teacher(cfg, output, progress: bool = True) -> dict:
     """
     import dataclasses
     import json
-    import shutil
     import time
     from pathlib import Path
 
@@ -100,6 +99,7 @@ def train_teacher(cfg, output, progress: bool = True) -> dict:
     from .config import dump_yaml
     from .data import load_digits
     from .diffusers_denoiser import DiffusersDenoiser, parameterization_of
+    from .export import save_self_contained
     from .pipeline import EDMPipeline
 
     t0 = time.perf_counter()
@@ -122,20 +122,13 @@ def train_teacher(cfg, output, progress: bool = True) -> dict:
     trained, losses = train_denoiser(network, draw, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                                      schedule=s, seed=cfg.seed, ema_halflife_steps=cfg.ema_halflife_steps,
                                      progress=progress, desc="train teacher")
-    output = Path(output)
-    tmp = output.with_name(output.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    EDMPipeline(unet=trained.unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
-    shutil.copyfile(Path(__file__).with_name("pipeline.py"), tmp / "pipeline.py")
-    index = json.loads((tmp / "model_index.json").read_text())
-    index["_class_name"] = ["pipeline", "EDMPipeline"]
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     seconds = time.perf_counter() - t0
     info = {"seconds": round(seconds, 1), "final_loss": sum(losses[-100:]) / min(100, len(losses)),
             "parameters": sum(p.numel() for p in unet.parameters()), "steps": cfg.steps}
-    (tmp / "training.json").write_text(json.dumps(info, indent=1))
-    (tmp / "training_config.yaml").write_text(dump_yaml(cfg))
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
+
+    def records(tmp: Path) -> None:
+        (tmp / "training.json").write_text(json.dumps(info, indent=1))
+        (tmp / "training_config.yaml").write_text(dump_yaml(cfg))
+
+    save_self_contained(EDMPipeline(unet=trained.unet, scheduler=scheduler), output, records)
     return info

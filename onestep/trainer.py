@@ -215,50 +215,49 @@ class Trainer:
         head_plain = self.acc.unwrap_model(self.head) if self.head is not None else None
         stats: dict[str, float] = {}
         for _ in range(cfg.train.grad_accum):
-            with self.acc.accumulate(self.generator, self.fake):
+            # frozen() spans the backward pass too: activation checkpointing recomputes the
+            # forward during backward and must see the same requires_grad flags
+            with self.acc.accumulate(self.generator, self.fake), frozen(fake_plain, head_plain):
                 cond = self._cond()
                 z = self._randn(*shape)
                 sigma = self._sigma(self.sigma_sampler, self.sigma_range)
                 noise = self._randn(*shape)
-                # frozen() spans the backward pass too: activation checkpointing recomputes the
-                # forward during backward and must see the same requires_grad flags
-                with frozen(fake_plain, head_plain):
-                    with self.acc.autocast():
-                        x_g = self.generator(z, cond).float()
-                        x_t = x_g + expand(sigma, x_g) * noise
-                        gan_src = self.head_features if (self.use_gan or self.use_ratio) else None
-                        Dr, feats_r = self._denoise("teacher", x_t, sigma, cond, fake_plain,
-                                                    grad="teacher" in through or (self.use_gan and gan_src == "teacher"),
-                                                    features=gan_src == "teacher")
-                        Df, feats_f = self._denoise("fake_score", x_t, sigma, cond, fake_plain,
-                                                    grad="fake_score" in through or (self.use_gan and gan_src == "fake_score"),
-                                                    features=gan_src == "fake_score")
-                        logit = None
-                        if head_plain is not None:
-                            feats = feats_r if gan_src == "teacher" else feats_f
-                            logit = head_plain(feats if self.use_gan else feats.detach(), sigma)
-                    weights = None
-                    if self.use_ratio and self.step < self.ratio_warmup:
-                        weights = f_weights("rkl", torch.zeros_like(sigma))
-                    elif self.use_ratio:
-                        weights = divergence_weights(
-                            logit.detach(), sigma, self.params.f, self.params.f_alpha, self.params.ratio,
-                            cfg.schedule, self._all_reduce_sum,
-                        )
-                    inputs = ObjectiveInputs(
-                        x_g=x_g,
-                        sigma=sigma,
-                        Dr=Dr if "teacher" in through else Dr.detach(),
-                        Df=Df if "fake_score" in through else Df.detach(),
-                        weights=weights,
+                with self.acc.autocast():
+                    x_g = self.generator(z, cond).float()
+                    x_t = x_g + expand(sigma, x_g) * noise
+                    gan_src = self.head_features if (self.use_gan or self.use_ratio) else None
+                    Dr, feats_r = self._denoise("teacher", x_t, sigma, cond, fake_plain,
+                                                grad="teacher" in through or (self.use_gan and gan_src == "teacher"),
+                                                features=gan_src == "teacher")
+                    Df, feats_f = self._denoise("fake_score", x_t, sigma, cond, fake_plain,
+                                                grad="fake_score" in through or (self.use_gan and gan_src == "fake_score"),
+                                                features=gan_src == "fake_score")
+                    logit = None
+                    if head_plain is not None:
+                        feats = feats_r if gan_src == "teacher" else feats_f
+                        logit = head_plain(feats if self.use_gan else feats.detach(), sigma)
+                weights = None
+                if self.use_ratio and self.step < self.ratio_warmup:
+                    weights = f_weights("rkl", torch.zeros_like(sigma))
+                elif self.use_ratio:
+                    weights = divergence_weights(
+                        logit.detach(), sigma, self.params.f, self.params.f_alpha, self.params.ratio,
+                        cfg.schedule, self._all_reduce_sum,
                     )
-                    loss = self.spec.fn(inputs, self.params).mean()
-                    total = loss
-                    if self.use_gan:
-                        gan = generator_gan_loss(logit).mean()
-                        total = total + cfg.gan.weight * gan
-                        stats["loss_gan"] = gan.item()
-                    ok = self._backward_and_step(total, self.generator, self.opt_g, "generator", stats)
+                inputs = ObjectiveInputs(
+                    x_g=x_g,
+                    sigma=sigma,
+                    Dr=Dr if "teacher" in through else Dr.detach(),
+                    Df=Df if "fake_score" in through else Df.detach(),
+                    weights=weights,
+                )
+                loss = self.spec.fn(inputs, self.params).mean()
+                total = loss
+                if self.use_gan:
+                    gan = generator_gan_loss(logit).mean()
+                    total = total + cfg.gan.weight * gan
+                    stats["loss_gan"] = gan.item()
+                ok = self._backward_and_step(total, self.generator, self.opt_g, "generator", stats)
                 if ok and self.acc.sync_gradients and self.ema is not None:
                     self._update_ema()
         stats["loss_g"] = loss.item()
@@ -398,7 +397,7 @@ class Trainer:
     def _update_ema(self) -> None:
         ema = self._param_list(self.ema)
         live = self._param_list(self.acc.unwrap_model(self.generator))
-        torch._foreach_lerp_(ema, [p.detach() for p in live], 1.0 - self.ema_beta)
+        torch._foreach_lerp_(ema, live, 1.0 - self.ema_beta)
 
     def _set_generator_lr(self) -> float:
         """Generator learning rate at ``self.step`` (a function of the step: resumes exactly)."""

@@ -86,6 +86,9 @@ class ObjectiveConfig:
     # sigmas of the fake-score loss: lognormal (EDM, the default) or "generator" (the
     # objective's own sampler, as SiD / DMD2 train their fake score)
     fake_sigma_sampler: Literal["lognormal", "generator"] = "lognormal"
+    # stratified sigmas: one quantile slot of the sampler per batch element (same marginal,
+    # lower variance of every batch mean over sigma), for every sigma the trainer draws
+    stratified_sigma: bool = False
     weight_norm: Literal["wf", "none"] = "wf"
     logit_clip: float = 10.0
     ratio_clip: list[float] = field(default_factory=lambda: [0.1, 20.0])
@@ -105,6 +108,22 @@ class GanConfig:
     features: Optional[Literal["teacher", "fake_score"]] = None  # None: the objective's default
     r1_weight: float = 0.0
     hidden: int = 128
+    # noise levels of the GAN term and of the head's training: None = the objective's own
+    # sampler (needed when the head also estimates the density ratio); e.g. lognormal puts
+    # the discriminator where images are still visible
+    sigma_sampler: Optional[Literal["lognormal", "karras", "karras_grid"]] = None
+    sigma_range: Optional[list[float]] = None  # [u_lo, u_hi] (karras) or [j_lo, j_hi] (grid)
+
+
+@dataclass
+class RegressionConfig:
+    """DMD's regression term (Yin et al. 2023, arXiv 2311.18828, Eq. 7) for any objective:
+    ``weight * 0.5 |G(z) - y(z)|^2`` per pair, where ``y(z)`` is the teacher's multi-step ODE
+    sample from ``sigma_max z`` (pairs: the teacher-sample cache, ``data.cache_size`` of them
+    with ``data.cache_steps`` Heun steps, made once per run)."""
+
+    weight: float = 0.0  # 0: no regression term
+    batch_size: int = 16  # pairs per generator step (global)
 
 
 @dataclass
@@ -112,7 +131,9 @@ class DataConfig:
     """Where the head's "real" samples come from, and the data-free teacher-sample cache."""
 
     dataset: Optional[str] = None  # None: data-free (exact samples or a teacher-sample cache)
-    cache_size: int = 256  # teacher multi-step samples cached in the run directory
+    # teacher multi-step samples (with their noise) cached in the run directory: the head's
+    # "real" side when data-free, and the regression term's pairs
+    cache_size: int = 256
     cache_steps: int = 18  # Heun steps of the teacher sampler for the cache (NFE = 2 n - 1)
     cache_batch: int = 64
 
@@ -139,6 +160,9 @@ class TrainConfig:
     # recompute UNet activations in backward (saves memory; sid / sim / uni_instruct
     # backpropagate through teacher and fake score as well as the generator)
     gradient_checkpointing: bool = False
+    # CPU: keep freed memory in the process (glibc mallopt, onestep/allocator.py) instead of
+    # page-faulting activations back in every iteration
+    retain_freed_memory: bool = True
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 50
@@ -154,6 +178,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     gan: GanConfig = field(default_factory=GanConfig)
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # attention kernels of every network: auto | xformers | flash | efficient | math
@@ -384,6 +409,10 @@ def validate(config: Config) -> None:
         raise OnestepError("config key 'generator.sigma_init': must be positive")
     if config.gan.weight < 0:
         raise OnestepError("config key 'gan.weight': must be >= 0")
+    if config.regression.weight < 0:
+        raise OnestepError("config key 'regression.weight': must be >= 0")
+    if config.regression.weight > 0 and config.regression.batch_size < 1:
+        raise OnestepError("config key 'regression.batch_size': must be at least 1 when regression.weight > 0")
     # Objective name and parameters are checked against the registry.
     from .objectives import registry
 

@@ -1,8 +1,9 @@
-"""Sources of "real" samples for the discriminator head, and the bundled data sets.
+"""Sources of "real" samples for the discriminator head, teacher pairs, and the bundled data sets.
 
 With ``data.dataset`` set, real samples are data set images (with their labels); otherwise
 (data-free mode) they are a cache of teacher multi-step samples, made once with the EDM
-Heun sampler and stored in the run directory.
+Heun sampler and stored in the run directory. The cache keeps each sample's starting
+noise, so it also serves the regression term's (noise, teacher output) pairs.
 """
 
 from __future__ import annotations
@@ -38,42 +39,71 @@ class TensorSource:
 
 
 class TeacherSampleCache:
-    """Teacher samples made on first use (or loaded from the run directory)."""
+    """Teacher samples and their starting noise, made on first use (or loaded from the run directory).
+
+    ``draw`` serves the head's "real" side; ``draw_pairs`` the regression term's pairs.
+    """
 
     def __init__(self, teacher, config, run_dir, device, progress: bool):
         self.teacher, self.config, self.device, self.progress = teacher, config, device, progress
         self.path = Path(run_dir) / CACHE_FILE if run_dir is not None else None
         self._source: TensorSource | None = None
+        self.noise: torch.Tensor | None = None
 
     def _build(self) -> TensorSource:
         teacher, d = self.teacher, self.config.data
-        if self.path is not None and self.path.is_file():
-            tensors, _ = load_safetensors(self.path)
-            x, labels = tensors["x"], tensors.get("labels")
-        else:
-            x, labels = make_teacher_samples(teacher, self.config, d.cache_size, seed=self.config.train.seed + 7919,
-                                             device=self.device, progress=self.progress)
+        tensors = load_safetensors(self.path)[0] if self.path is not None and self.path.is_file() else {}
+        if "noise" not in tensors:  # absent, or written before the noise was kept: (re)make it
+            x, labels, noise = make_teacher_samples(teacher, self.config, d.cache_size,
+                                                    seed=self.config.train.seed + 7919,
+                                                    device=self.device, progress=self.progress)
+            tensors = {"x": x, "noise": noise} if labels is None else {"x": x, "noise": noise, "labels": labels}
             if self.path is not None:
-                tensors = {"x": x} if labels is None else {"x": x, "labels": labels}
                 atomic_save(tensors, self.path)
+        self.noise = tensors["noise"]
         cond_fn = None
-        if teacher.cond_kind == "text":
+        if getattr(teacher, "cond_kind", "none") == "text":
             cond_fn = lambda idx: teacher.prompt_embeds.cpu()[idx]  # noqa: E731
-        return TensorSource(x, labels, cond_fn)
+        return TensorSource(tensors["x"], tensors.get("labels"), cond_fn)
 
-    def draw(self, n: int, rng: torch.Generator):
+    def _ready(self) -> TensorSource:
         if self._source is None:
             self._source = self._build()
-        return self._source.draw(n, rng)
+        return self._source
+
+    def draw(self, n: int, rng: torch.Generator):
+        return self._ready().draw(n, rng)
+
+    def draw_pairs(self, n: int, rng: torch.Generator):
+        """``n`` (noise z, teacher sample from ``sigma_max z``, cond) triples, with replacement.
+
+        Shapes: z and x (n, *sample_shape); cond (n,) labels, (n, L, D) prompt embeddings or None.
+        """
+        source = self._ready()
+        idx = torch.randint(0, len(source), (n,), generator=rng)
+        cond = None
+        if source.labels is not None:
+            labels = source.labels[idx]
+            cond = source.cond_fn(labels) if source.cond_fn is not None else labels
+        return self.noise[idx], source.x[idx], cond
+
+
+def pair_source(teacher, config, run_dir, device, progress: bool) -> TeacherSampleCache:
+    """The teacher-sample cache for regression pairs (shared with the head's real side when data-free)."""
+    source = getattr(teacher, "real_source", None)
+    if isinstance(source, TeacherSampleCache):
+        return source
+    return TeacherSampleCache(teacher, config, run_dir, device, progress)
 
 
 @torch.no_grad()
 def make_teacher_samples(teacher, config, n: int, seed: int, device="cpu", progress: bool = True,
                          steps: int | None = None, labels: torch.Tensor | None = None):
-    """``n`` teacher samples with the deterministic Heun sampler; returns (x (n, ...) CPU, labels).
+    """``n`` teacher samples with the deterministic Heun sampler.
 
-    labels: class ids (class teachers) or prompt indices (text teachers), drawn with ``seed``
-    unless given; None for unconditional teachers.
+    Returns (x (n, ...) CPU, labels, noise (n, ...) CPU): sample ``i`` is the ODE solution
+    from ``sigma_max * noise[i]``. labels: class ids (class teachers) or prompt indices
+    (text teachers), drawn with ``seed`` unless given; None for unconditional teachers.
     """
     rng = torch.Generator().manual_seed(seed)
     kind = getattr(teacher, "cond_kind", "none")
@@ -81,11 +111,11 @@ def make_teacher_samples(teacher, config, n: int, seed: int, device="cpu", progr
         labels = torch.randint(0, teacher.num_classes, (n,), generator=rng)
     elif labels is None and kind == "text":
         labels = torch.randint(0, len(teacher.prompts), (n,), generator=rng)
-    lo, hi = teacher.network.sigma_range
+    lo, hi = getattr(teacher.network, "sigma_range", (config.schedule.sigma_min, config.schedule.sigma_max))
     sched = dataclasses.replace(config.schedule, sigma_min=max(config.schedule.sigma_min, lo),
                                 sigma_max=min(config.schedule.sigma_max, hi))
     batch = config.data.cache_batch
-    out = []
+    out, noise = [], []
     for start in tqdm(range(0, n, batch), desc="teacher samples", disable=not progress, leave=False):
         k = min(batch, n - start)
         z = torch.randn(k, *teacher.sample_shape, generator=rng).to(device)
@@ -95,7 +125,8 @@ def make_teacher_samples(teacher, config, n: int, seed: int, device="cpu", progr
             if kind == "text":
                 cond = teacher.prompt_embeds[cond]
         out.append(edm_sample(teacher.denoise, z, sched, steps or config.data.cache_steps, cond).cpu())
-    return torch.cat(out), labels
+        noise.append(z.cpu())
+    return torch.cat(out), labels, torch.cat(noise)
 
 
 def attach_real_source(teacher, config, run_dir, device, progress: bool) -> None:

@@ -63,6 +63,7 @@ def sample_sigma(
     rng: torch.Generator,
     sigma_range: tuple[float, float] | None = None,
     device: torch.device | str = "cpu",
+    stratified: bool = False,
 ) -> torch.Tensor:
     """Draw ``n`` noise levels; returns (n,) float32.
 
@@ -70,22 +71,44 @@ def sample_sigma(
     - ``karras``: ``u ~ U(lo, hi)`` mapped through the Karras schedule (SiD: U(0, 0.8)).
     - ``karras_grid``: a 1000-point ascending Karras grid, index uniform in [lo, hi]
       (DMD2: 20..980).
+
+    ``stratified``: the uniform variate behind each draw is ``stratified_uniform`` (one per
+    quantile slot of the batch) instead of independent.
     """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sigma sampler '{name}' (known: {', '.join(SAMPLERS)})")
+    u = stratified_uniform(n, rng) if stratified else None  # None: independent draws below
     if name == "lognormal":
-        z = torch.randn(n, generator=rng, device=rng.device)
+        if u is None:
+            z = torch.randn(n, generator=rng, device=rng.device)
+        else:
+            z = torch.special.ndtri(u.clamp(1e-7, 1 - 1e-7)).float()
         sigma = (cfg.p_mean + cfg.p_std * z).exp()
     elif name == "karras":
         lo, hi = sigma_range or DEFAULT_RANGES["karras"]
-        u = lo + (hi - lo) * torch.rand(n, generator=rng, device=rng.device, dtype=torch.float64)
-        sigma = _karras(u, cfg)
+        if u is None:
+            u = torch.rand(n, generator=rng, device=rng.device, dtype=torch.float64)
+        sigma = _karras(lo + (hi - lo) * u, cfg)
     elif name == "karras_grid":
         lo, hi = sigma_range or DEFAULT_RANGES["karras_grid"]
         grid = karras_sigmas(1000, cfg).to(rng.device)
-        idx = torch.randint(int(lo), int(hi) + 1, (n,), generator=rng, device=rng.device)
+        if u is None:
+            idx = torch.randint(int(lo), int(hi) + 1, (n,), generator=rng, device=rng.device)
+        else:
+            idx = (int(lo) + (u * (int(hi) - int(lo) + 1)).floor().long()).clamp(int(lo), int(hi))
         sigma = grid[idx]
-    else:
-        raise ValueError(f"unknown sigma sampler '{name}' (known: {', '.join(SAMPLERS)})")
     return sigma.to(device=device, dtype=torch.float32)
+
+
+def stratified_uniform(n: int, rng: torch.Generator) -> torch.Tensor:
+    """``n`` draws of U(0, 1), one in each interval ``[k/n, (k+1)/n)``, in random order; (n,) float64.
+
+    Each draw is still U(0, 1) (so every expectation is unchanged), but a batch covers the
+    range evenly: the variance of a batch mean over sigma drops (stratified sampling).
+    """
+    perm = torch.randperm(n, generator=rng, device=rng.device)
+    jitter = torch.rand(n, generator=rng, device=rng.device, dtype=torch.float64)
+    return (perm.double() + jitter) / n
 
 
 def log_sigma_bins(sigma: torch.Tensor, cfg: ScheduleConfig, bins: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import config as config_mod
+from .allocator import retain_freed_memory
 from .checkpoint import (
     atomic_save,
     atomic_write_text,
@@ -41,18 +42,27 @@ from .checkpoint import (
     unpack_module,
     unpack_optimizer,
 )
+from .data import pair_source
 from .errors import OnestepError
 from .fake_score import FakeScore
 from .generator import OneStepGenerator
 from .heads import DiscriminatorHead, generator_gan_loss, head_loss, r1_penalty
 from .networks import NETWORK_FILE, network_spec
-from .objectives import ObjectiveInputs, divergence_weights, f_weights, fake_score_loss, registry
+from .objectives import (
+    ObjectiveInputs,
+    divergence_weights,
+    f_weights,
+    fake_score_loss,
+    registry,
+    regression_loss,
+)
 from .objectives.common import expand
 from .schedule import sample_sigma
 from .teacher import Teacher, load_teacher
 
 # Config keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.progress", "train.keep_checkpoints"}
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.progress", "train.keep_checkpoints",
+                     "train.retain_freed_memory"}
 
 
 @contextlib.contextmanager
@@ -93,18 +103,35 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         self.device = self.acc.device
+        if self.device.type == "cpu" and tr.retain_freed_memory:
+            retain_freed_memory()
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         if tr.batch_size % self.world:
             raise OnestepError(
                 f"config key 'train.batch_size': {tr.batch_size} is not divisible by {self.world} processes"
             )
         self.local_batch = tr.batch_size // self.world
+        self.use_regression = config.regression.weight > 0
+        if self.use_regression and config.regression.batch_size % self.world:
+            raise OnestepError(
+                f"config key 'regression.batch_size': {config.regression.batch_size} is not divisible by "
+                f"{self.world} processes"
+            )
         set_seed(tr.seed)
         self.spec, self.params = registry.resolve(config.objective)
         if self.spec.requires_gan and config.gan.weight <= 0:
             raise OnestepError(f"objective '{self.spec.name}' needs the GAN term: set gan.weight > 0 (e.g. 1e-2)")
         self.sigma_sampler = config.objective.sigma_sampler or self.spec.sigma_sampler
         self.sigma_range = tuple(config.objective.sigma_range) if config.objective.sigma_range else None
+        gan = config.gan
+        # the GAN term's own noise levels (None: it reads the objective's x_t)
+        self.gan_sigma = (gan.sigma_sampler, tuple(gan.sigma_range) if gan.sigma_range else None) \
+            if gan.sigma_sampler else None
+        if self.gan_sigma is not None and self.spec.needs_ratio(self.params):
+            raise OnestepError(
+                f"config key 'gan.sigma_sampler': objective.f={self.params.f} reads the density ratio from "
+                f"the same head at the objective's sigmas; drop gan.sigma_sampler or use f: rkl"
+            )
         warmup = config.objective.ratio_warmup
         self.ratio_warmup = warmup if warmup is not None else tr.steps // 10
 
@@ -116,6 +143,10 @@ class Trainer:
         )
         self.teacher.to(self.device)
         self.teacher_fingerprint = self._fingerprint(self.teacher)
+        self.pairs = None
+        if self.use_regression:
+            self.pairs = pair_source(self.teacher, config, self.run_dir, self.device,
+                                     progress=tr.progress and self.acc.is_main_process)
         self.sigma_data = getattr(self.teacher.network, "sigma_data", config.schedule.sigma_data)
 
         # Trainable networks start from the teacher's weights (generator, fake score).
@@ -183,7 +214,8 @@ class Trainer:
         """This process's rows of a global-batch tensor (or tuple of them)."""
         if t is None:
             return None
-        lo, hi = self.rank * self.local_batch, (self.rank + 1) * self.local_batch
+        local = (len(t) if torch.is_tensor(t) else len(t[0])) // self.world
+        lo, hi = self.rank * local, (self.rank + 1) * local
         if torch.is_tensor(t):
             return t[lo:hi].to(self.device)
         return type(t)(c[lo:hi].to(self.device) if torch.is_tensor(c) else c for c in t)
@@ -194,7 +226,8 @@ class Trainer:
 
     def _sigma(self, name: str, sigma_range=None) -> torch.Tensor:
         return self._slice(
-            sample_sigma(name, self.cfg.train.batch_size, self.cfg.schedule, self.rng, sigma_range)
+            sample_sigma(name, self.cfg.train.batch_size, self.cfg.schedule, self.rng, sigma_range,
+                         stratified=self.cfg.objective.stratified_sigma)
         )
 
     def _cond(self):
@@ -222,28 +255,26 @@ class Trainer:
                 z = self._randn(*shape)
                 sigma = self._sigma(self.sigma_sampler, self.sigma_range)
                 noise = self._randn(*shape)
+                pairs = self._draw_pairs() if self.use_regression else None
                 with self.acc.autocast():
-                    x_g = self.generator(z, cond).float()
+                    x_g, x_pair = self._generate(z, cond, pairs)
                     x_t = x_g + expand(sigma, x_g) * noise
-                    gan_src = self.head_features if (self.use_gan or self.use_ratio) else None
+                    # the head reads features at x_t for the ratio, and for the GAN term unless
+                    # that has its own sigmas (gan.sigma_sampler)
+                    gan_at_xt = self.use_gan and self.gan_sigma is None
+                    tap = self.head_features if (gan_at_xt or self.use_ratio) else None
                     Dr, feats_r = self._denoise("teacher", x_t, sigma, cond, fake_plain,
-                                                grad="teacher" in through or (self.use_gan and gan_src == "teacher"),
-                                                features=gan_src == "teacher")
+                                                grad="teacher" in through or (gan_at_xt and tap == "teacher"),
+                                                features=tap == "teacher")
                     Df, feats_f = self._denoise("fake_score", x_t, sigma, cond, fake_plain,
-                                                grad="fake_score" in through or (self.use_gan and gan_src == "fake_score"),
-                                                features=gan_src == "fake_score")
+                                                grad="fake_score" in through or (gan_at_xt and tap == "fake_score"),
+                                                features=tap == "fake_score")
                     logit = None
-                    if head_plain is not None:
-                        feats = feats_r if gan_src == "teacher" else feats_f
-                        logit = head_plain(feats if self.use_gan else feats.detach(), sigma)
-                weights = None
-                if self.use_ratio and self.step < self.ratio_warmup:
-                    weights = f_weights("rkl", torch.zeros_like(sigma))
-                elif self.use_ratio:
-                    weights = divergence_weights(
-                        logit.detach(), sigma, self.params.f, self.params.f_alpha, self.params.ratio,
-                        cfg.schedule, self._all_reduce_sum,
-                    )
+                    if tap is not None:
+                        feats = feats_r if tap == "teacher" else feats_f
+                        logit = head_plain(feats if gan_at_xt else feats.detach(), sigma)
+                    logit_gan = logit if gan_at_xt else self._gan_logit(x_g, cond, fake_plain, head_plain)
+                weights = self._weights(logit, sigma)
                 inputs = ObjectiveInputs(
                     x_g=x_g,
                     sigma=sigma,
@@ -252,11 +283,7 @@ class Trainer:
                     weights=weights,
                 )
                 loss = self.spec.fn(inputs, self.params).mean()
-                total = loss
-                if self.use_gan:
-                    gan = generator_gan_loss(logit).mean()
-                    total = total + cfg.gan.weight * gan
-                    stats["loss_gan"] = gan.item()
+                total = loss + self._added_terms(logit_gan, x_pair, pairs, stats)
                 ok = self._backward_and_step(total, self.generator, self.opt_g, "generator", stats)
                 if ok and self.acc.sync_gradients and self.ema is not None:
                     self._update_ema()
@@ -265,6 +292,50 @@ class Trainer:
             stats["h_max"] = float(weights.h.max())
         self._last_x_g = (x_g.detach(), cond)
         return stats
+
+    def _draw_pairs(self):
+        """This process's slice of ``regression.batch_size`` teacher pairs: (z, y, cond)."""
+        z, y, cond = self.pairs.draw_pairs(self.cfg.regression.batch_size, self.rng)
+        return self._slice(z), self._slice(y), self._slice(cond)
+
+    def _generate(self, z, cond, pairs):
+        """``x_g = G(z)`` (B, ...) and, with regression pairs, ``G(z_pair)`` from the same call."""
+        if pairs is None:
+            return self.generator(z, cond).float(), None
+        z_pair, _, cond_pair = pairs
+        x_all = self.generator(torch.cat([z, z_pair]), _cat_cond(cond, cond_pair)).float()
+        return x_all[: len(z)], x_all[len(z):]
+
+    def _gan_logit(self, x_g, cond, fake_plain, head_plain):
+        """The head's logit at ``x_g`` noised to the GAN's own sigmas (None without a GAN term)."""
+        if not self.use_gan:
+            return None
+        sigma = self._sigma(*self.gan_sigma)
+        x_gan = x_g + expand(sigma, x_g) * self._randn(*x_g.shape[1:])
+        _, feats = self._denoise(self.head_features, x_gan, sigma, cond, fake_plain, grad=True, features=True)
+        return head_plain(feats, sigma)
+
+    def _weights(self, logit, sigma):
+        """f-divergence weights from the head's logit (reverse KL during the warm-up); None without a ratio."""
+        if not self.use_ratio:
+            return None
+        if self.step < self.ratio_warmup:
+            return f_weights("rkl", torch.zeros_like(sigma))
+        return divergence_weights(logit.detach(), sigma, self.params.f, self.params.f_alpha, self.params.ratio,
+                                  self.cfg.schedule, self._all_reduce_sum)
+
+    def _added_terms(self, logit_gan, x_pair, pairs, stats):
+        """``gan.weight`` x GAN term + ``regression.weight`` x regression term (0 when both are off)."""
+        total = 0.0
+        if self.use_gan:
+            gan = generator_gan_loss(logit_gan).mean()
+            total = total + self.cfg.gan.weight * gan
+            stats["loss_gan"] = gan.item()
+        if self.use_regression:
+            reg = regression_loss(x_pair, pairs[1]).mean()
+            total = total + self.cfg.regression.weight * reg
+            stats["loss_reg"] = reg.item()
+        return total
 
     def _denoise(self, source, x_t, sigma, cond, fake_plain, grad: bool, features: bool):
         net = self.teacher if source == "teacher" else fake_plain
@@ -320,9 +391,10 @@ class Trainer:
         return stats
 
     def _head_inputs(self, x_g, cond):
-        """Noised fake and real samples at the objective's sigmas, stacked: (x (2B), sigma (2B), cond)."""
+        """Noised fake and real samples at the head's sigmas (the objective's unless
+        ``gan.sigma_sampler``), stacked: (x (2B), sigma (2B), cond)."""
         b = x_g.shape[0]
-        sigma = self._sigma(self.sigma_sampler, self.sigma_range)
+        sigma = self._sigma(*(self.gan_sigma or (self.sigma_sampler, self.sigma_range)))
         real, cond_real = self.teacher.real_samples(self.cfg.train.batch_size, self.rng, None), None
         if isinstance(real, tuple):
             real, cond_real = real
@@ -479,6 +551,10 @@ class Trainer:
 
     def _check_resumable(self, saved: dict, path: Path) -> None:
         now = config_mod.to_dict(self.cfg)
+        try:  # keys added to the schema after the checkpoint was written take their defaults
+            saved = config_mod.to_dict(config_mod.from_dict(saved))
+        except OnestepError:
+            pass
         diffs = [k for k in _flat_diff(saved, now) if k not in RESUMABLE_CHANGES]
         if diffs:
             raise OnestepError(

@@ -137,6 +137,7 @@ def _distill(tmp_path, teacher_path, **teacher):
         "teacher": {"kind": "diffusers", "path": teacher_path, **teacher},
         "objective": {"name": "f_distill", "f": "js", "ratio_warmup": 1},
         "gan": {"weight": 0.01, "features": "teacher"},
+        "regression": {"weight": 1.0, "batch_size": 2},
         "data": {"cache_size": 8, "cache_steps": 2, "cache_batch": 8},
         "train": {"steps": 3, "batch_size": 4, "log_every": 1, "checkpoint_every": 3, "progress": False},
     }
@@ -150,11 +151,12 @@ def _distill(tmp_path, teacher_path, **teacher):
     rows = [json.loads(x) for x in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
-        for key in ("loss_g", "loss_f", "loss_head", "loss_gan"):
+        for key in ("loss_g", "loss_f", "loss_head", "loss_gan", "loss_reg"):
             assert torch.isfinite(torch.tensor(r[key])), (key, r)
     after = teacher_model.network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "run" / "teacher_cache.safetensors").is_file()
+    assert trainer.pairs is teacher_model.real_source  # one cache: the head's real side and the pairs
     return trainer
 
 

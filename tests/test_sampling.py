@@ -6,7 +6,7 @@ import torch
 
 from onestep.config import ScheduleConfig
 from onestep.sampling import edm_sample, heun_steps_for_nfe, per_index_noise
-from onestep.schedule import karras_sigmas, log_sigma_bins, sample_sigma
+from onestep.schedule import karras_sigmas, log_sigma_bins, sample_sigma, stratified_uniform
 from onestep.toy import GaussianMixture, evaluate_samples
 
 
@@ -44,3 +44,31 @@ def test_sigma_samplers_follow_their_definitions():
     assert abs(float(grid[0]) - cfg.sigma_min) < 1e-9 and abs(float(grid[-1]) - cfg.sigma_max) < 1e-6
     bins = log_sigma_bins(torch.tensor([cfg.sigma_min, 1.0, cfg.sigma_max]), cfg, 8)
     assert bins.tolist()[0] == 0 and bins.tolist()[-1] == 7
+
+
+def test_stratified_sigmas_fill_every_quantile_slot_once():
+    cfg = ScheduleConfig()
+    u = stratified_uniform(64, torch.Generator().manual_seed(0))
+    slots = (u * 64).floor().long()
+    assert sorted(slots.tolist()) == list(range(64))
+    assert not torch.equal(slots, torch.arange(64))  # in random order (ranks take slices)
+    # each sampler maps slot k into its k-th quantile interval: the k-th smallest sigma lies
+    # between the sampler's quantiles at k/n and (k+1)/n (exact quantile functions)
+    n, lo, hi = 100, 0.0, 0.8
+    grid = karras_sigmas(1000, cfg)
+    k = torch.arange(n + 1, dtype=torch.float64) / n
+    quantiles = {
+        "karras": (lo + (hi - lo) * k, lambda p: (cfg.sigma_min ** (1 / 7) + p * (cfg.sigma_max ** (1 / 7) - cfg.sigma_min ** (1 / 7))) ** 7),
+        "lognormal": (k.clamp(1e-7, 1 - 1e-7), lambda p: (cfg.p_mean + cfg.p_std * torch.special.ndtri(p)).exp()),
+        "karras_grid": (k, lambda p: grid[(20 + (p * 961).floor().long()).clamp(20, 980)]),
+    }
+    for name, (p, quantile) in quantiles.items():
+        args = (20, 980) if name == "karras_grid" else (lo, hi) if name == "karras" else None
+        s = sample_sigma(name, n, cfg, torch.Generator().manual_seed(1), args, stratified=True).double().sort().values
+        q = quantile(p)
+        assert bool((s >= q[:-1] * (1 - 1e-5)).all() and (s <= q[1:] * (1 + 1e-5)).all()), name
+    # and the mean over a batch varies far less than with independent draws
+    means = [sample_sigma("karras", 16, cfg, torch.Generator().manual_seed(i), (lo, hi), stratified=s).log().mean()
+             for s in (True, False) for i in range(200)]
+    spread_strat, spread_iid = torch.stack(means[:200]).std(), torch.stack(means[200:]).std()
+    assert spread_strat < 0.5 * spread_iid

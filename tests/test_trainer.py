@@ -23,6 +23,8 @@ def _changed(before, module):
     {"objective.name": "dmd", "gan.weight": 0.01},
     {"objective.name": "uni_instruct", "objective.f": "js"},
     {"objective.name": "f_distill", "objective.f": "fkl", "gan.weight": 0.01, "gan.features": "fake_score"},
+    {"objective.name": "sid", "gan.weight": 0.01, "gan.sigma_sampler": "lognormal"},
+    {"objective.name": "dmd", "regression.weight": 1.0, "data.cache_size": 16, "data.cache_steps": 4},
 ])
 def test_generator_step_updates_only_the_generator(tmp_path, small_teacher, overrides):
     tr = Trainer(small_config(**overrides), tmp_path, teacher=small_teacher)
@@ -107,3 +109,37 @@ def test_single_nonfinite_step_is_skipped_and_counted(tmp_path, small_teacher):
     assert not _changed(before, tr.generator) and tr.nonfinite_total == 1
     tr.generator_step()
     assert _changed(before, tr.generator) and tr.nonfinite_streak["generator"] == 0
+
+
+@pytest.mark.parametrize("features", ["teacher", "fake_score"])
+def test_gan_with_its_own_sigmas_reads_only_those(tmp_path, small_teacher, features):
+    """gan.sigma_sampler: the GAN term and the head's training see only the GAN's noise levels."""
+    from onestep.schedule import karras_sigmas
+
+    cfg = small_config(**{"objective.name": "sid", "gan.weight": 0.1, "gan.features": features,
+                          "gan.sigma_sampler": "karras", "gan.sigma_range": [0.9, 1.0]})
+    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
+    seen = []
+    tr.acc.unwrap_model(tr.head).register_forward_pre_hook(lambda m, args: seen.append(args[1].detach()))
+    before = _snapshot(tr.generator)
+    tr.iteration()
+    sigmas = torch.cat(seen)
+    grid = karras_sigmas(11, cfg.schedule)  # grid[9] is u = 0.9 of the Karras schedule
+    k = cfg.train.fake_steps_per_gen  # the generator step, then k head steps on fake + real
+    assert len(seen) == 1 + k and sigmas.numel() == (1 + 2 * k) * cfg.train.batch_size
+    assert float(sigmas.min()) >= float(grid[9]) * 0.999
+    # the GAN term moves the generator: the same step without it differs
+    gan_step = _changed(before, tr.generator)
+    assert gan_step
+    plain = Trainer(small_config(**{"objective.name": "sid", "gan.weight": 0.0}), tmp_path / "plain", teacher=small_teacher)
+    plain.generator_step()
+    a = tr.acc.unwrap_model(tr.generator).state_dict()
+    b = plain.acc.unwrap_model(plain.generator).state_dict()
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_gan_sigmas_are_refused_where_the_head_is_the_ratio(tmp_path, small_teacher):
+    cfg = small_config(**{"objective.name": "f_distill", "objective.f": "js", "gan.weight": 0.01,
+                          "gan.sigma_sampler": "lognormal"})
+    with pytest.raises(OnestepError, match="gan.sigma_sampler"):
+        Trainer(cfg, tmp_path, teacher=small_teacher)

@@ -69,3 +69,10 @@ def fake_score_loss(D_pred: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
     """
     lam = edm_loss_weight(sigma, sigma_data)
     return lam * (D_pred - x0).pow(2).flatten(1).mean(1)
+
+
+def regression_loss(x_g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DMD's regression term ``0.5 |G(z) - y(z)|^2`` summed over chw (arXiv 2311.18828, Eq. 7,
+    with the squared L2 distance in place of LPIPS); (B,). Its gradient per pixel is the residual
+    ``G(z) - y``, on the scale of the divergence gradients after the ``wf`` normalisation."""
+    return 0.5 * sum_dims((x_g - y.detach()) ** 2)

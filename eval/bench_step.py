@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from onestep import config as config_mod
-from onestep.trainer import Trainer, frozen
+from onestep.trainer import Trainer, _cat_cond, frozen
 
 OBJECTIVES = ["dmd", "sid", "sim", "diff_instruct", "f_distill:js", "uni_instruct:js"]
 
@@ -75,9 +75,17 @@ def passes(tr: Trainer) -> dict:
     x_t = torch.randn(b, *shape, device=dev)
     ac = tr.acc.autocast
 
+    # with the regression term, the generator's one call also maps the pairs' noise
+    z_gen, cond_gen = z, cond
+    if tr.use_regression:
+        n_pair = cfg.regression.batch_size // tr.world
+        z_gen = torch.randn(b + n_pair, *shape, device=dev)
+        pair_cond = tr.teacher.sample_cond(n_pair, torch.Generator().manual_seed(1))
+        cond_gen = None if cond is None else _cat_cond(cond, tr._to_device(pair_cond))
+
     def gen_fwd_bwd():
         with ac():
-            x = gen(z, cond).float()
+            x = gen(z_gen, cond_gen).float()
         x.square().mean().backward()
 
     def net_pass(net, grad: bool, features: bool):
@@ -95,7 +103,7 @@ def passes(tr: Trainer) -> dict:
 
     feats_from = tr.head_features if head is not None else None
     out = {
-        "generator fwd+bwd": gen_fwd_bwd,
+        "generator fwd+bwd" + (f" ({len(z_gen)})" if tr.use_regression else ""): gen_fwd_bwd,
         "teacher fwd" + ("+bwd(x)" if "teacher" in through else ""):
             net_pass(tr.teacher, "teacher" in through, feats_from == "teacher"),
         "fake fwd" + ("+bwd(x)" if "fake_score" in through else ""):
@@ -138,10 +146,14 @@ def passes(tr: Trainer) -> dict:
 def bench(config: config_mod.Config, label: str, repeats: int, teacher=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(config, tmp, teacher=teacher)
-        tr.iteration()  # builds caches (teacher samples), warms up
+        # warm-up: builds caches (teacher samples) and grows the heap to its working size
+        # (the first iterations page-fault fresh memory in; later ones reuse it)
+        for _ in range(2):
+            tr.iteration()
         fns = passes(tr)
-        for fn in fns.values():
-            fn()  # warm-up
+        for _ in range(2):
+            for fn in fns.values():
+                fn()
         # interleaved rounds (an iteration, then each pass once): drift in the machine's speed
         # hits both sides of the ratio alike; the medians over rounds are reported
         rounds = []
@@ -164,7 +176,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", help="a distillation config whose teacher is benchmarked")
     ap.add_argument("--arch", choices=["ddpm-cifar10"], help="a built-in architecture with random weights")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="global batch (default: the config's train.batch_size with --teacher, 8 with --arch); "
+                         "a config's regression.batch_size is scaled by the same factor")
     ap.add_argument("--objectives", default=",".join(OBJECTIVES))
     ap.add_argument("--fake-steps", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
@@ -180,12 +194,17 @@ def main(argv=None) -> int:
         base = {"teacher": {"kind": "diffusers", "path": build_cifar_teacher(Path(tmp.name) / "cifar")}}
     else:
         base = config_mod.to_dict(config_mod.load(args.teacher))
-    base.setdefault("train", {}).update(
-        steps=10**6, batch_size=args.batch, fake_steps_per_gen=args.fake_steps, progress=False,
+    train = base.setdefault("train", {})
+    batch = args.batch or train.get("batch_size") or 8
+    reg = base.get("regression", {})
+    if reg.get("weight", 0) > 0:
+        reg["batch_size"] = max(1, round(reg["batch_size"] * batch / train["batch_size"]))
+    train.update(
+        steps=10**6, batch_size=batch, fake_steps_per_gen=args.fake_steps, progress=False,
         log_every=10**6, checkpoint_every=10**6, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing)
     base["attention"] = args.attention
-    base.setdefault("data", {}).update(cache_size=max(args.batch, 16), cache_steps=2, cache_batch=max(args.batch, 16))
+    base.setdefault("data", {}).update(cache_size=max(batch, 16), cache_steps=2, cache_batch=max(batch, 16))
     rows, teacher = [], None
     for item in args.objectives.split(","):
         name, _, f = item.partition(":")
@@ -199,7 +218,8 @@ def main(argv=None) -> int:
         print(f"{item:18s} iteration {r['iteration'] * 1e3:8.1f} ms  passes {r['sum'] * 1e3:8.1f} ms  "
               f"ratio {r['ratio']:.3f}  ({detail})", flush=True)
     device = "cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads"
-    print(f"\n{device}, batch {args.batch}, mixed precision {args.mixed_precision}")
+    reg_note = f", regression pairs {reg['batch_size']}" if reg.get("weight", 0) > 0 else ""
+    print(f"\n{device}, batch {batch}{reg_note}, mixed precision {args.mixed_precision}")
     print(f"{'objective':18s} {'iter/passes':>12s} {'images/s':>10s} {'peak GiB':>9s}")
     for r in rows:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"

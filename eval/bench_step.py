@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from onestep import config as config_mod
-from onestep.trainer import Trainer, _cat_cond, frozen
+from onestep.trainer import Trainer, cat_cond, frozen
 
 OBJECTIVES = ["dmd", "sid", "sim", "diff_instruct", "f_distill:js", "uni_instruct:js"]
 
@@ -81,7 +81,7 @@ def passes(tr: Trainer) -> dict:
         n_pair = cfg.regression.batch_size // tr.world
         z_gen = torch.randn(b + n_pair, *shape, device=dev)
         pair_cond = tr.teacher.sample_cond(n_pair, torch.Generator().manual_seed(1))
-        cond_gen = None if cond is None else _cat_cond(cond, tr._to_device(pair_cond))
+        cond_gen = None if cond is None else cat_cond(cond, tr._to_device(pair_cond))
 
     def gen_fwd_bwd():
         with ac():

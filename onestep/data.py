@@ -31,7 +31,10 @@ class TensorSource:
         return len(self.x)
 
     def draw(self, n: int, rng: torch.Generator):
-        idx = torch.randint(0, len(self.x), (n,), generator=rng)
+        return self.take(torch.randint(0, len(self.x), (n,), generator=rng))
+
+    def take(self, idx: torch.Tensor):
+        """Rows ``idx``: x, or (x, cond) where there are labels (cond through ``cond_fn`` if set)."""
         if self.labels is None:
             return self.x[idx]
         cond = self.labels[idx]
@@ -81,11 +84,9 @@ class TeacherSampleCache:
         """
         source = self._ready()
         idx = torch.randint(0, len(source), (n,), generator=rng)
-        cond = None
-        if source.labels is not None:
-            labels = source.labels[idx]
-            cond = source.cond_fn(labels) if source.cond_fn is not None else labels
-        return self.noise[idx], source.x[idx], cond
+        rows = source.take(idx)
+        x, cond = rows if isinstance(rows, tuple) else (rows, None)
+        return self.noise[idx], x, cond
 
 
 def pair_source(teacher, config, run_dir, device, progress: bool) -> TeacherSampleCache:

@@ -303,7 +303,7 @@ class Trainer:
         if pairs is None:
             return self.generator(z, cond).float(), None
         z_pair, _, cond_pair = pairs
-        x_all = self.generator(torch.cat([z, z_pair]), _cat_cond(cond, cond_pair)).float()
+        x_all = self.generator(torch.cat([z, z_pair]), cat_cond(cond, cond_pair)).float()
         return x_all[: len(z)], x_all[len(z):]
 
     def _gan_logit(self, x_g, cond, fake_plain, head_plain):
@@ -374,7 +374,7 @@ class Trainer:
                     if self.head is not None and self.head_features == "fake_score":
                         x_h, sigma_h, cond_h = head_terms[:3]
                         batch = torch.cat([x_dn, x_h])
-                        d_all, feats = self.fake(batch, torch.cat([sigma, sigma_h]), _cat_cond(cond, cond_h), return_features=True)
+                        d_all, feats = self.fake(batch, torch.cat([sigma, sigma_h]), cat_cond(cond, cond_h), return_features=True)
                         D = d_all[: len(x_dn)].float()
                         feats = feats[len(x_dn):]
                     else:
@@ -405,7 +405,7 @@ class Trainer:
         x_real = real + expand(sigma, real) * n_real
         if self.cfg.gan.r1_weight > 0:
             x_real = x_real.detach().requires_grad_(True)
-        return torch.cat([x_fake, x_real]), torch.cat([sigma, sigma]), _cat_cond(cond, cond_real), b, x_real
+        return torch.cat([x_fake, x_real]), torch.cat([sigma, sigma]), cat_cond(cond, cond_real), b, x_real
 
     def _head_loss(self, head_terms, feats):
         """Logistic head loss (+ R1 on the real side); feats None: read the frozen teacher's."""
@@ -607,7 +607,8 @@ class Trainer:
         return stats
 
 
-def _cat_cond(a, b):
+def cat_cond(a, b):
+    """Two batches' conditioning stacked along the batch: labels (B,), embeddings (B, L, D), tuples of them, or None."""
     if a is None and b is None:
         return None
     if a is None or b is None:

@@ -4,7 +4,7 @@ import torch
 from conftest import small_config
 
 from onestep.checkpoint import atomic_save, load_safetensors
-from onestep.data import CACHE_FILE, TeacherSampleCache
+from onestep.data import CACHE_FILE, TeacherSampleCache, pair_source
 from onestep.objectives import regression_loss
 from onestep.sampling import edm_sample
 from onestep.trainer import Trainer
@@ -64,8 +64,6 @@ def test_regression_term_pulls_the_generator_onto_the_pairs(tmp_path, small_teac
         tr = Trainer(cfg, tmp_path / f"w{weight}", teacher=small_teacher)
         if weight == 0.0:
             assert tr.pairs is None
-            from onestep.data import pair_source
-
             tr.pairs = pair_source(small_teacher, cfg, tmp_path / "w0.0", "cpu", progress=False)
         start = _pair_error(tr)
         stats = [tr.iteration() for _ in range(cfg.train.steps)]
@@ -74,5 +72,3 @@ def test_regression_term_pulls_the_generator_onto_the_pairs(tmp_path, small_teac
     (start0, end0), (start5, end5) = errors[0.0], errors[5.0]
     assert start0 == start5  # same initial generator
     assert end5 < 0.5 * start5 and end5 < 0.5 * end0, errors
-
-

@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from onestep.attention import BACKENDS, apply_attention
+from onestep.nets.attention import BACKENDS, apply_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

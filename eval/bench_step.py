@@ -24,14 +24,17 @@ from pathlib import Path
 
 import torch
 
+from onestep import Trainer, build_trainer
 from onestep import config as config_mod
-from onestep.trainer import Trainer, cat_cond, frozen
+from onestep.build import feature_shape
+from onestep.core.modules import frozen
+from onestep.core.tensors import cat_cond, to_device
 
 OBJECTIVES = ["dmd", "sid", "sim", "diff_instruct", "f_distill:js", "uni_instruct:js"]
 
 
 def build_cifar_teacher(folder: Path) -> str:
-    """google/ddpm-cifar10-32's architecture (ECOSYSTEM.md) with random weights."""
+    """google/ddpm-cifar10-32's architecture (its config.json on the hub) with random weights."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
@@ -64,12 +67,10 @@ def timed(fn, device, repeats: int, warmup: bool = True) -> float:
 
 def passes(tr: Trainer) -> dict:
     """The unavoidable passes of one iteration, each as a closure with the trainer's shapes."""
-    cfg, shape, dev = tr.cfg, tr.teacher.sample_shape, tr.device
-    b = tr.local_batch
-    through = tr.spec.grad_through
-    gen, fake = tr.acc.unwrap_model(tr.generator), tr.acc.unwrap_model(tr.fake)
-    head = tr.acc.unwrap_model(tr.head) if tr.head is not None else None
-    cond = tr._slice(tr.teacher.sample_cond(cfg.train.batch_size, torch.Generator().manual_seed(0)))
+    cfg, method, shape, dev = tr.cfg, tr.method, tr.teacher.sample_shape, tr.device
+    b = tr.draws.local_batch
+    gen, fake, disc = method.nets.plain_generator, method.nets.plain_fake_score, method.nets.plain_discriminator
+    cond = tr.draws.rows(tr.teacher.sample_cond(cfg.train.batch_size, torch.Generator().manual_seed(0)))
     z = torch.randn(b, *shape, device=dev)
     sigma = torch.full((b,), 1.0, device=dev)
     x_t = torch.randn(b, *shape, device=dev)
@@ -77,39 +78,37 @@ def passes(tr: Trainer) -> dict:
 
     # with the regression term, the generator's one call also maps the pairs' noise
     z_gen, cond_gen = z, cond
-    if tr.use_regression:
-        n_pair = cfg.regression.batch_size // tr.world
+    if method.use_regression:
+        n_pair = cfg.regression.batch_size // tr.acc.num_processes
         z_gen = torch.randn(b + n_pair, *shape, device=dev)
         pair_cond = tr.teacher.sample_cond(n_pair, torch.Generator().manual_seed(1))
-        cond_gen = None if cond is None else cat_cond(cond, tr._to_device(pair_cond))
+        cond_gen = None if cond is None else cat_cond(cond, to_device(pair_cond, dev))
 
     def gen_fwd_bwd():
         with ac():
             x = gen(z_gen, cond_gen).float()
         x.square().mean().backward()
 
-    def net_pass(net, grad: bool, features: bool):
+    def net_pass(net, how):
         def run():
-            if grad:
+            if how.grad:
                 x = x_t.clone().requires_grad_(True)
                 with frozen(fake), ac():
-                    out = net(x, sigma, cond, return_features=True) if features else net(x, sigma, cond)
-                d = out[0] if features else out
+                    out = net(x, sigma, cond, return_features=True) if how.features else net(x, sigma, cond)
+                d = out[0] if how.features else out
                 d.float().square().mean().backward()
             else:
                 with torch.no_grad(), ac():
-                    net(x_t, sigma, cond, return_features=features) if features else net(x_t, sigma, cond)
+                    net(x_t, sigma, cond, return_features=how.features)
         return run
 
-    feats_from = tr.head_features if head is not None else None
     out = {
-        "generator fwd+bwd" + (f" ({len(z_gen)})" if tr.use_regression else ""): gen_fwd_bwd,
-        "teacher fwd" + ("+bwd(x)" if "teacher" in through else ""):
-            net_pass(tr.teacher, "teacher" in through, feats_from == "teacher"),
-        "fake fwd" + ("+bwd(x)" if "fake_score" in through else ""):
-            net_pass(fake, "fake_score" in through, feats_from == "fake_score"),
+        "generator fwd+bwd" + (f" ({len(z_gen)})" if method.use_regression else ""): gen_fwd_bwd,
+        "teacher fwd" + ("+bwd(x)" if method.teacher_call.grad else ""): net_pass(tr.teacher, method.teacher_call),
+        "fake fwd" + ("+bwd(x)" if method.fake_call.grad else ""): net_pass(fake, method.fake_call),
     }
     k = cfg.train.fake_steps_per_gen
+    feats_from = method.features if disc is not None else None
     fake_batch = b * (3 if feats_from == "fake_score" else 1)
     xf = torch.randn(fake_batch, *shape, device=dev)
     sf = torch.full((fake_batch,), 1.0, device=dev)
@@ -127,25 +126,26 @@ def passes(tr: Trainer) -> dict:
                 for _ in range(k - 1):
                     gen(z, cond)
         out[f"generator fwd x{k - 1}"] = extra_gen
-    if head is not None:
+    if disc is not None:
         x2, s2 = torch.randn(2 * b, *shape, device=dev), torch.full((2 * b,), 1.0, device=dev)
         c2 = None if cond is None else torch.cat([cond, cond])
+        fshape = feature_shape(tr.teacher, dev)
 
-        def head_pass():
+        def disc_pass():
             for _ in range(k):
                 if feats_from == "teacher":
                     with torch.no_grad(), ac():
                         _, f = tr.teacher(x2, s2, c2, return_features=True)
                 else:
-                    f = torch.randn(2 * b, *tr._feature_shape(), device=dev)
-                head(f, s2).square().mean().backward()
-        out["head passes"] = head_pass
+                    f = torch.randn(2 * b, *fshape, device=dev)
+                disc(f, s2).square().mean().backward()
+        out["discriminator passes"] = disc_pass
     return out
 
 
 def bench(config: config_mod.Config, label: str, repeats: int, teacher=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(config, tmp, teacher=teacher)
+        tr = build_trainer(config, tmp, teacher=teacher)
         # warm-up: builds caches (teacher samples) and grows the heap to its working size
         # (the first iterations page-fault fresh memory in; later ones reuse it)
         for _ in range(2):
@@ -164,7 +164,7 @@ def bench(config: config_mod.Config, label: str, repeats: int, teacher=None) -> 
         iteration = statistics.median(r["iteration"] for r in rounds)
         parts = {name: statistics.median(r[name] for r in rounds) for name in fns}
         ratio = statistics.median(r["iteration"] / sum(r[n] for n in fns) for r in rounds)
-        for p in list(tr.generator.parameters()) + list(tr.fake.parameters()):
+        for p in list(tr.generator.parameters()) + list(tr.fake_score.parameters()):
             p.grad = None
         peak = torch.cuda.max_memory_allocated() / 2**30 if tr.device.type == "cuda" else None
         return {"objective": label, "iteration": iteration, "passes": parts, "sum": sum(parts.values()),

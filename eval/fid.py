@@ -17,38 +17,33 @@ import sys
 
 import torch
 
-from onestep.errors import OnestepError
-from onestep.metrics import compute_metrics, make_reference
+from onestep import OnestepError, OneStepPipeline, load_generator
+from onestep.core.tensors import cycled_labels
+from onestep.evaluation.fidelity import compute_metrics, make_reference
+from onestep.evaluation.nfe import student_samples
+from onestep.export import load_pipeline
 
 
 def _images(spec: str):
     if spec in ("digits", "digits16"):
-        from onestep.data import load_digits
+        from onestep.data.datasets import load_digits
 
         return load_digits(size=16 if spec == "digits16" else 8)[0]
     return spec
 
 
 def _samples(args) -> torch.Tensor:
-    from onestep.evaluation import student_samples
-
     if args.images:
         return _images(args.images)
     if args.run:
-        from onestep.runs import load_generator
-
         generator, _, _ = load_generator(args.run, ema=args.ema)
-        classes = getattr(generator.network.unet.config, "num_class_embeds", None) or 0
-        return student_samples(generator, args.num_samples, args.seed, classes)[0]
-    from onestep.export import load_pipeline
-    from onestep.pipeline import OneStepPipeline
-
+        return student_samples(generator, args.num_samples, args.seed, generator.network.num_classes)[0]
     pipe = load_pipeline(args.pipeline)
     classes = getattr(pipe.unet.config, "num_class_embeds", None) or 0
     chunks = []
     for start in range(0, args.num_samples, args.batch_size):
         k = min(args.batch_size, args.num_samples - start)
-        labels = [(start + i) % classes for i in range(k)] if classes else None
+        labels = cycled_labels(start, k, classes).tolist() if classes else None
         gens = OneStepPipeline.index_generators(args.seed, k, start)
         out = pipe(batch_size=k, class_labels=labels, generator=gens, output_type="pt").images
         chunks.append(out * 2 - 1)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
+from onestep import build_teacher, build_trainer
 from onestep import config as config_mod
-from onestep.generator import OneStepGenerator
+from onestep.core.samplers import generate
+from onestep.evaluation.gmm_metrics import evaluate_samples
+from onestep.nets.generator import OneStepGenerator
 from onestep.objectives import F_NAMES
-from onestep.sampling import generate
-from onestep.teacher import load_teacher
-from onestep.toy import GaussianMixture, evaluate_samples
-from onestep.trainer import Trainer
+from onestep.teachers.gmm import GaussianMixture
 
 GAN_FOR_SIDA = 1e-2
 
@@ -51,10 +51,10 @@ def run_one(base: config_mod.Config, overrides: dict, teacher, gmm, num_samples:
     cfg = config_mod.from_dict(data)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, tmp, teacher=teacher)
+        trainer = build_trainer(cfg, tmp, teacher=teacher)
         trainer.fit()
         seconds = time.perf_counter() - t0
-        generator = trainer.acc.unwrap_model(trainer.generator)
+        generator = trainer.method.nets.plain_generator
         x = generate(generator, num_samples, seed, teacher.sample_shape)
     return {**evaluate_samples(x, gmm), "seconds": seconds, "samples": x}
 
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gmm = GaussianMixture(base.teacher.means, base.teacher.stds, base.teacher.weights)
     t0 = time.perf_counter()
-    teacher = load_teacher(base, out, progress=False)
+    teacher = build_teacher(base, out, progress=False)
     print(f"teacher MLP fitted in {time.perf_counter() - t0:.1f}s; budget {base.train.steps} iterations, "
           f"batch {base.train.batch_size}", flush=True)
     init = evaluate_samples(generate(OneStepGenerator(teacher.network, base.generator.sigma_init),

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
+from onestep import build_teacher, load_generator
 from onestep import config as config_mod
-from onestep.data import load_digits
-from onestep.evaluation import FDScorer, nfe_sweep, save_fd_plot, student_samples
-from onestep.images import save_grid
-from onestep.runs import load_generator
-from onestep.teacher import load_teacher
+from onestep.core.images import save_grid
+from onestep.data.datasets import load_digits
+from onestep.evaluation.fd import FDScorer
+from onestep.evaluation.nfe import nfe_sweep, save_fd_plot, student_samples
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     else:
         generator, step = None, None
         cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": args.teacher}})
-    teacher = load_teacher(cfg, progress=False)
+    teacher = build_teacher(cfg, progress=False)
     reference, _ = load_digits(size=teacher.sample_shape[-1])
     scorer = FDScorer(reference)
     floor = scorer.floor(reference, args.num_samples)

@@ -1,6 +1,6 @@
-"""Train the digits feature network (FD-digits) and write it to assets/.
+"""Train the digits feature network (FD-digits) and write it to onestep/resources/.
 
-    python eval/train_digits_features.py --output assets/digits-features.safetensors
+    python eval/train_digits_features.py --output onestep/resources/digits-features.safetensors
 
 Splits the 1,797 digits 80/20 (fixed seed), trains on the 80%, reports held-out accuracy,
 writes the weights (safetensors) and a JSON record (accuracy, seconds, command) beside them.
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from onestep.checkpoint import atomic_save
-from onestep.data import load_digits
-from onestep.digits import accuracy, train_classifier
+from onestep.core.io import atomic_save
+from onestep.data.datasets import load_digits
+from onestep.evaluation.digits_features import accuracy, train_classifier
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--output", default="assets/digits-features.safetensors")
+    ap.add_argument("--output", default="onestep/resources/digits-features.safetensors")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

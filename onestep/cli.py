@@ -1,4 +1,4 @@
-"""Command line: ``onestep distill | sample | export | eval | train-teacher | objectives | demo``.
+"""Command line: ``onestep distill | sample | export | train-teacher | demo | objectives | keys``.
 
 User errors print one line (``onestep: error: ...``) and exit 2; ``--debug`` shows the traceback.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import OnestepError
@@ -68,20 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="distill the bundled digits teacher, evaluate, export (make demo)")
     p.add_argument("--output", default="runs/demo")
-    p.add_argument("--config", default=None, help="distillation config (default: configs/digits.yaml)")
+    p.add_argument("--config", default=None, help="distillation config (default: the bundled digits.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per FD evaluation")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
 
     sub.add_parser("objectives", help="list the registered objectives")
+    sub.add_parser("keys", help="print every config key: what it accepts, its default, its meaning")
     return parser
 
 
 def cmd_distill(args) -> int:
     from . import config as config_mod
-    from .checkpoint import latest_checkpoint
-    from .trainer import Trainer
+    from .build import build_trainer
+    from .core.rundir import latest_checkpoint
 
     overrides = list(args.overrides)
     if args.attention:
@@ -99,7 +101,7 @@ def cmd_distill(args) -> int:
         raise OnestepError(
             f"{out} already holds checkpoints; pass --resume latest to continue or choose a new --output"
         )
-    trainer = Trainer(cfg, out)
+    trainer = build_trainer(cfg, out)
     trainer.fit(resume=resume)
     if trainer.acc.is_main_process:
         print(f"done: {trainer.step} steps, checkpoint {latest_checkpoint(out)}")
@@ -109,8 +111,8 @@ def cmd_distill(args) -> int:
 def cmd_sample(args) -> int:
     import numpy as np
 
+    from .core.samplers import generate
     from .runs import conditioning, default_device, load_generator
-    from .sampling import generate
 
     if args.num_samples < 1:
         raise OnestepError("--num-samples must be at least 1")
@@ -129,11 +131,11 @@ def cmd_sample(args) -> int:
     if out.suffix == ".npy":
         np.save(out, samples.numpy())
     else:
-        from .images import save_grid
+        from .core.images import save_grid
 
         nrow = args.nrow or (len(args.class_label) if args.class_label else None)
-        if nrow is None and getattr(network, "cond_kind", "none") == "class":
-            nrow = network.unet.config.num_class_embeds
+        if nrow is None and network.cond_kind == "class":
+            nrow = network.num_classes
         save_grid(decode(samples.to(device)).cpu(), out, nrow=nrow)
     print(f"wrote {len(samples)} samples from step {step} to {out}")
     return 0
@@ -149,9 +151,9 @@ def cmd_export(args) -> int:
 
 def cmd_train_teacher(args) -> int:
     from . import config as config_mod
-    from .teacher_training import train_teacher
+    from .train.teacher_training import TeacherTrainingConfig, train_teacher
 
-    cfg = config_mod.load(args.config, args.overrides, cls=config_mod.TeacherTrainingConfig)
+    cfg = config_mod.load(args.config, args.overrides, cls=TeacherTrainingConfig)
     info = train_teacher(cfg, args.output, progress=cfg.progress)
     print(f"trained teacher ({info['parameters']} parameters, {info['steps']} steps, {info['seconds']}s, "
           f"final loss {info['final_loss']:.4f}) -> {args.output}")
@@ -159,7 +161,8 @@ def cmd_train_teacher(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import DEFAULT_CONFIG, run_demo
+    from .demo import run_demo
+    from .resources import DEMO_CONFIG as DEFAULT_CONFIG
 
     run_demo(args.output, args.config or DEFAULT_CONFIG, args.overrides, args.num_samples, args.seed)
     print(f"demo written to {args.output}/ (report.md, samples.png, teacher.png, fd_vs_nfe.png, pipeline/)")
@@ -173,12 +176,26 @@ def cmd_objectives(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from .config.keys import key_table
+
+    print(key_table())
+    return 0
+
+
 COMMANDS = {"distill": cmd_distill, "sample": cmd_sample, "export": cmd_export,
-            "train-teacher": cmd_train_teacher, "demo": cmd_demo, "objectives": cmd_objectives}
+            "train-teacher": cmd_train_teacher, "demo": cmd_demo, "objectives": cmd_objectives, "keys": cmd_keys}
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings in one line: ours as ``onestep: warning: ...``, others with their category."""
+    ours = category.__module__.startswith("onestep")
+    return f"onestep: warning: {message}\n" if ours else f"{category.__name__}: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _format_warning
     debug = "--debug" in argv or os.environ.get("ONESTEP_DEBUG") == "1"
     parser = build_parser()
     try:

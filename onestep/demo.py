@@ -16,13 +16,18 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
-from .checkpoint import atomic_write_text, latest_checkpoint
-from .data import load_digits
-from .evaluation import FDScorer, nfe_sweep, save_fd_plot, student_samples
-from .images import save_grid
-from .sampling import edm_sample, heun_steps_for_nfe, per_index_noise
+from .build import build_trainer
+from .core.images import save_grid
+from .core.io import atomic_write_text
+from .core.rundir import latest_checkpoint
+from .core.samplers import edm_sample, heun_steps_for_nfe, per_index_noise
+from .data.datasets import load_digits
+from .evaluation.fd import FDScorer
+from .evaluation.nfe import nfe_sweep, save_fd_plot, student_samples
+from .export import export_run
+from .resources import DEMO_CONFIG
+from .runs import load_generator
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 NFES = (1, 3, 7, 15, 31, 63)
 
 
@@ -31,12 +36,8 @@ def _class_rows(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
-def run_demo(output="runs/demo", config=DEFAULT_CONFIG, overrides=(), num_samples: int = 1000,
+def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: int = 1000,
              seed: int = 0) -> dict:
-    from .export import export_run
-    from .runs import load_generator
-    from .trainer import Trainer
-
     out = Path(output)
     run = out / "run"
     cfg = config_mod.load(config, list(overrides))
@@ -46,7 +47,7 @@ def run_demo(output="runs/demo", config=DEFAULT_CONFIG, overrides=(), num_sample
     # 1. distill (resumes from the last checkpoint; a finished run is not retrained)
     resume = latest_checkpoint(run)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, run)
+    trainer = build_trainer(cfg, run)
     trainer.fit(resume=resume)
     if trainer.step > (int(resume.stem.split("-")[1]) if resume else 0) or "distill_seconds" not in timings:
         timings["distill_seconds"] = timings.get("distill_seconds", 0.0) + time.perf_counter() - t0

@@ -8,10 +8,15 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
-from .checkpoint import latest_checkpoint, load_safetensors, unpack_module
+from .core.io import load_safetensors, unpack_module
+from .core.rundir import NETWORK_FILE, latest_checkpoint
+from .core.tensors import cycled_labels
 from .errors import OnestepError
-from .generator import OneStepGenerator
-from .networks import NETWORK_FILE, build_network
+from .nets.generator import OneStepGenerator
+from .nets.spec import build_network
+from .portable.edm_form import decode_latents
+from .portable.pipeline import encode_prompts
+from .teachers.diffusers import load_components, read_prompts
 
 
 def resolve_checkpoint(run_dir: str | Path) -> Path:
@@ -29,7 +34,7 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tupl
     run_dir = Path(run_dir)
     path = resolve_checkpoint(run_dir)
     tensors, raw = load_safetensors(path)
-    cfg = config_mod.from_dict(json.loads(raw["config"]))
+    cfg = config_mod.from_dict(json.loads(raw["config"]), stored=True)
     spec_file = run_dir / NETWORK_FILE
     if not spec_file.is_file():
         raise OnestepError(f"{spec_file} is missing; the run directory is incomplete")
@@ -42,48 +47,38 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tupl
     return generator.to(device).eval().requires_grad_(False), cfg, int(json.loads(raw["step"]))
 
 
+def auxiliary_components(network, cfg) -> dict:
+    """The teacher's VAE / text encoder / tokenizer that a latent or text run needs ({} otherwise)."""
+    if network.cond_kind != "text" and not network.is_latent:
+        return {}
+    return load_components(cfg.teacher.path, names=("vae", "text_encoder", "tokenizer"))
+
+
 def conditioning(network, cfg, class_labels: list[int] | None = None, prompts: list[str] | None = None):
-    """cond_fn(start, count) for ``sampling.generate`` and the matching image decoder.
+    """cond_fn(start, count) for ``core.samplers.generate`` and the matching image decoder.
 
     Class runs cycle over ``class_labels`` (default: all classes); text runs cycle over
     ``prompts`` (default: the run's prompts file). decode(x) maps samples to [-1, 1] images
     (the teacher's VAE for latent runs), or is None for non-image runs.
     """
-    kind = getattr(network, "cond_kind", "none")
-    decode = (lambda x: x) if getattr(network, "unet", None) is not None else None
-    parts = {}
-    if kind == "text" or (decode is not None and network.sample_shape[0] == 4):
-        from .diffusers_teacher import load_components
-
-        parts = load_components(cfg.teacher.path, cfg.teacher.subfolder)
+    image = len(network.sample_shape) == 3
+    parts = auxiliary_components(network, cfg) if image else {}
+    decode = None
     if "vae" in parts:
         vae = parts["vae"].eval()
-        scale = float(vae.config.scaling_factor)
-
-        def decode(x):  # noqa: F811  (latent runs decode with the teacher's VAE)
-            with torch.no_grad():
-                return vae.decode(x / scale).sample.float()
-
-    if kind == "class":
-        labels = torch.tensor(class_labels or list(range(network.unet.config.num_class_embeds)), dtype=torch.long)
-        return (lambda start, count: labels[(torch.arange(start, start + count)) % len(labels)]), decode
-    if kind == "text":
-        from .diffusers_teacher import read_prompts
-        from .pipeline import encode_prompts
-
+        decode = lambda x: decode_latents(vae, x, float(vae.config.scaling_factor))  # noqa: E731
+    elif image:
+        decode = lambda x: x  # noqa: E731
+    if network.cond_kind == "class":
+        labels = class_labels or list(range(network.num_classes))
+        return (lambda start, count: cycled_labels(start, count, labels)), decode
+    if network.cond_kind == "text":
         texts = prompts or read_prompts(cfg.teacher.prompts)
         embeds = encode_prompts(parts["tokenizer"], parts["text_encoder"], texts)
-        return (lambda start, count: embeds[torch.arange(start, start + count) % len(texts)]), decode
+        return (lambda start, count: embeds[cycled_labels(start, count, len(texts))]), decode
     if class_labels:
         raise OnestepError("--class-label given, but this run is not class-conditional")
     return None, decode
-
-
-def stats(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "stats.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def default_device() -> torch.device:

@@ -41,6 +41,6 @@ def small_config(**overrides):
 
 @pytest.fixture(scope="session")
 def small_teacher():
-    from onestep.teacher import load_teacher
+    from onestep.build import build_teacher as load_teacher
 
     return load_teacher(small_config(), run_dir=None, progress=False)

@@ -7,7 +7,7 @@ import pytest
 
 SCRIPT = """
 import ctypes, resource, sys, torch
-from onestep import allocator
+from onestep.train import allocator
 # glibc's documented defaults, made static (its dynamic thresholds make the default vary by run)
 mallopt = ctypes.CDLL("libc.so.6").mallopt
 assert mallopt(allocator.M_TRIM_THRESHOLD, 128 * 1024) == 1 and mallopt(allocator.M_MMAP_THRESHOLD, 128 * 1024) == 1

@@ -8,7 +8,13 @@ import pytest
 import torch
 from _tiny import pixel_unet
 
-from onestep.attention import BACKENDS, KernelProcessor, apply_attention, attention_modules, resolve
+from onestep.nets.attention import (
+    BACKENDS,
+    KernelProcessor,
+    apply_attention,
+    attention_modules,
+    resolve,
+)
 
 
 def _run(unet, backend, device="cpu", dtype=torch.float32):
@@ -59,14 +65,13 @@ def test_config_switch_reaches_teacher_generator_and_fake_score(tmp_path):
     from diffusers import DDPMScheduler
 
     from onestep import config as config_mod
-    from onestep.trainer import Trainer
+    from onestep.build import build_trainer
 
     path = save_pixel_pipeline(tmp_path / "t", DDPMScheduler())
     cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": path}, "attention": "math",
                                 "train": {"steps": 1, "batch_size": 2, "progress": False}})
-    trainer = Trainer(cfg, tmp_path / "run")
-    for net in (trainer.teacher.network, trainer.acc.unwrap_model(trainer.generator),
-                trainer.acc.unwrap_model(trainer.fake)):
+    trainer = build_trainer(cfg, tmp_path / "run")
+    for net in (trainer.teacher.network, trainer.method.nets.plain_generator, trainer.method.nets.plain_fake_score):
         backends = {m.processor.backend for m in attention_modules(net)}
         assert backends == {"math"}
 

@@ -13,8 +13,8 @@ from diffusers import (
 )
 
 from onestep import config as config_mod
-from onestep.diffusers_denoiser import DiffusersDenoiser, parameterization_of
 from onestep.errors import OnestepError
+from onestep.nets.diffusers_unet import DiffusersDenoiser, parameterization_of
 
 # Measured max |D - pred_original_sample|: <= 1.2e-6 in general; up to 1.1e-4 for epsilon
 # prediction at t=999 (float32 cancellation in x - sigma eps at sigma=157, ECOSYSTEM.md).
@@ -117,26 +117,27 @@ def test_unsupported_scheduler_and_prediction_are_refused():
 
 
 def test_loader_errors_name_the_problem(tmp_path):
-    from onestep.diffusers_teacher import load_components
+    from onestep.teachers.diffusers import load_components
 
     with pytest.raises(OnestepError, match="cannot read a diffusers pipeline"):
         load_components(str(tmp_path / "nowhere"))
     path = save_pixel_pipeline(tmp_path / "pndm", PNDMScheduler())
     cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": path}})
-    from onestep.teacher import load_teacher
+    from onestep.build import build_teacher as load_teacher
 
     with pytest.raises(OnestepError, match="unsupported scheduler PNDMScheduler"):
         load_teacher(cfg)
 
 
 def _distill(tmp_path, teacher_path, **teacher):
-    from onestep.teacher import load_teacher
-    from onestep.trainer import Trainer
+    from onestep.build import build_teacher as load_teacher
+    from onestep.build import build_trainer
 
     data = {
         "teacher": {"kind": "diffusers", "path": teacher_path, **teacher},
         "objective": {"name": "f_distill", "f": "js", "ratio_warmup": 1},
-        "gan": {"weight": 0.01, "features": "teacher"},
+        "gan": {"weight": 0.01},
+        "discriminator": {"features": "teacher"},
         "regression": {"weight": 1.0, "batch_size": 2},
         "data": {"cache_size": 8, "cache_steps": 2, "cache_batch": 8},
         "train": {"steps": 3, "batch_size": 4, "log_every": 1, "checkpoint_every": 3, "progress": False},
@@ -144,19 +145,19 @@ def _distill(tmp_path, teacher_path, **teacher):
     cfg = config_mod.from_dict(data)
     teacher_model = load_teacher(cfg, tmp_path / "run", progress=False)
     before = {k: v.clone() for k, v in teacher_model.network.state_dict().items()}
-    trainer = Trainer(cfg, tmp_path / "run", teacher=teacher_model)
+    trainer = build_trainer(cfg, tmp_path / "run", teacher=teacher_model)
     trainer.fit()
     import json
 
     rows = [json.loads(x) for x in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
-        for key in ("loss_g", "loss_f", "loss_head", "loss_gan", "loss_reg"):
+        for key in ("loss_g", "loss_f", "loss_disc", "loss_gan", "loss_reg"):
             assert torch.isfinite(torch.tensor(r[key])), (key, r)
     after = teacher_model.network.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "run" / "teacher_cache.safetensors").is_file()
-    assert trainer.pairs is teacher_model.real_source  # one cache: the head's real side and the pairs
+    assert trainer.method.pairs is trainer.method.real  # one cache: the discriminator's real side and the pairs
     return trainer
 
 
@@ -189,7 +190,7 @@ def test_distill_latent_text_conditional(tmp_path):
 
 
 def test_text_teacher_without_prompts_is_refused(tmp_path):
-    from onestep.teacher import load_teacher
+    from onestep.build import build_teacher as load_teacher
 
     path = save_latent_pipeline(tmp_path / "t")
     cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": path}})
@@ -200,7 +201,7 @@ def test_text_teacher_without_prompts_is_refused(tmp_path):
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
     """sid backpropagates through teacher and fake score: with activation checkpointing in all
     three UNets the generator's gradients are unchanged."""
-    from onestep.trainer import Trainer
+    from onestep.build import build_trainer
 
     path = save_pixel_pipeline(tmp_path / "t", DDPMScheduler())
     grads = []
@@ -208,10 +209,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path):
         cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": path}, "objective": {"name": "sid"},
                                     "train": {"steps": 1, "batch_size": 4, "progress": False,
                                               "gradient_checkpointing": ckpt, "grad_clip": 0.0}})
-        tr = Trainer(cfg, tmp_path / f"run{ckpt}")
-        assert tr.acc.unwrap_model(tr.generator).network.unet.is_gradient_checkpointing == ckpt
+        tr = build_trainer(cfg, tmp_path / f"run{ckpt}")
+        assert tr.method.nets.plain_generator.network.unet.is_gradient_checkpointing == ckpt
         assert tr.teacher.network.unet.is_gradient_checkpointing == ckpt
-        opt = tr.opt_g
+        opt = tr.opt_generator
         opt.step = lambda *a, **k: None  # keep the gradients for inspection
         opt.zero_grad = lambda *a, **k: None
         tr.generator_step()

@@ -1,17 +1,15 @@
 """The embedded default: bundled data, the committed teacher and feature network, train-teacher."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from onestep import config as config_mod
 from onestep.cli import main
-from onestep.data import load_digits
-from onestep.digits import DEFAULT_WEIGHTS, accuracy, load_classifier
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+from onestep.data.datasets import load_digits
+from onestep.evaluation.digits_features import DEFAULT_WEIGHTS, accuracy, load_classifier
+from onestep.resources import DIGITS_TEACHER
 
 
 def test_digits_data():
@@ -35,18 +33,18 @@ def test_committed_feature_network_matches_its_record():
 
 
 def test_committed_teacher_loads_as_a_class_conditional_edm_teacher():
-    from onestep.teacher import load_teacher
+    from onestep.build import build_teacher as load_teacher
 
-    cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": str(ASSETS / "digits-teacher")}})
+    cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": str(DIGITS_TEACHER)}})
     teacher = load_teacher(cfg, progress=False)
     assert teacher.network.kind == "edm" and teacher.cond_kind == "class" and teacher.num_classes == 10
     assert teacher.sample_shape == (1, 8, 8)
     n_params = sum(p.numel() for p in teacher.network.parameters())
     assert 0.6e6 < n_params < 0.8e6
-    from onestep.attention import attention_modules
+    from onestep.nets.attention import attention_modules
 
     assert attention_modules(teacher.network)  # at least one attention block
-    record = json.loads((ASSETS / "digits-teacher" / "training.json").read_text())
+    record = json.loads((DIGITS_TEACHER / "training.json").read_text())
     assert record["parameters"] == n_params and record["steps"] == 4000
 
 
@@ -56,7 +54,7 @@ def test_train_teacher_writes_a_loadable_pipeline(tmp_path):
                  "--set", "steps=3", "--set", "progress=false", "--set", "unet.block_out_channels=[8,16]",
                  "--set", "unet.norm_num_groups=4"]) == 0
     assert {"model_index.json", "pipeline.py", "unet", "scheduler", "training.json"} <= {p.name for p in out.iterdir()}
-    from onestep.pipeline import EDMPipeline
+    from onestep.portable.pipeline import EDMPipeline
 
     pipe = EDMPipeline.from_pretrained(out)
     images = pipe(class_labels=[0, 7], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
@@ -64,7 +62,7 @@ def test_train_teacher_writes_a_loadable_pipeline(tmp_path):
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
     assert pipe.progress_bar is not None
     # and it is a valid teacher for distillation
-    from onestep.teacher import load_teacher
+    from onestep.build import build_teacher as load_teacher
 
     cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": str(out)}})
     assert load_teacher(cfg, progress=False).num_classes == 10

@@ -19,10 +19,11 @@ import pytest
 import torch
 from conftest import small_config
 
+from onestep.build import build_trainer
+from onestep.core.samplers import generate
+from onestep.evaluation.gmm_metrics import evaluate_samples
 from onestep.objectives import F_NAMES
-from onestep.sampling import generate
-from onestep.toy import GaussianMixture, evaluate_samples
-from onestep.trainer import Trainer
+from onestep.teachers.gmm import GaussianMixture
 
 MMD_MAX = 0.08
 MMD_MAX_UNSTABLE = {("uni_instruct", "neyman"): 0.25}
@@ -41,11 +42,11 @@ def budget():
 def _learn(tmp_path, teacher, overrides: dict, seed: int) -> tuple[dict, torch.Tensor]:
     """Distil with ``overrides`` and ``train.seed``; returns (evaluate_samples result, mass/weight)."""
     cfg = small_config(**{**overrides, "train.seed": seed})
-    trainer = Trainer(cfg, tmp_path / f"seed{seed}", teacher=teacher)
+    trainer = build_trainer(cfg, tmp_path / f"seed{seed}", teacher=teacher)
     trainer.fit()
     assert trainer.nonfinite_total == 0
     gmm = GaussianMixture(cfg.teacher.means, cfg.teacher.stds, cfg.teacher.weights)
-    x = generate(trainer.acc.unwrap_model(trainer.generator), 2000, 1, (2,))
+    x = generate(trainer.method.nets.plain_generator, 2000, 1, (2,))
     result = evaluate_samples(x, gmm)
     return result, torch.tensor(result["mass"]) / gmm.weights
 

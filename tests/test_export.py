@@ -18,10 +18,10 @@ from diffusers import (
 )
 
 from onestep.cli import main
+from onestep.core.samplers import index_seed
 from onestep.errors import OnestepError
 from onestep.export import load_pipeline
-from onestep.pipeline import OneStepPipeline
-from onestep.sampling import index_seed
+from onestep.portable.pipeline import OneStepPipeline
 
 
 def _distill(tmp_path, teacher_path, steps=2, **extra):

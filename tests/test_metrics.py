@@ -7,9 +7,9 @@ import scipy.linalg
 import torch
 import torch_fidelity
 
-from onestep.data import load_digits
+from onestep.data.datasets import load_digits
 from onestep.errors import OnestepError
-from onestep.metrics import (
+from onestep.evaluation.fidelity import (
     ImageTensorDataset,
     compute_metrics,
     extractor_kwargs,

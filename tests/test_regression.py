@@ -3,11 +3,11 @@
 import torch
 from conftest import small_config
 
-from onestep.checkpoint import atomic_save, load_safetensors
-from onestep.data import CACHE_FILE, TeacherSampleCache, pair_source
+from onestep.build import build_trainer, teacher_cache
+from onestep.core.io import atomic_save, load_safetensors
+from onestep.core.rundir import CACHE_FILE
+from onestep.core.samplers import edm_sample
 from onestep.objectives import regression_loss
-from onestep.sampling import edm_sample
-from onestep.trainer import Trainer
 
 
 def test_regression_loss_gradient_is_the_residual():
@@ -22,7 +22,7 @@ def test_regression_loss_gradient_is_the_residual():
 
 def _cache(tmp_path, teacher, size=12):
     cfg = small_config(**{"data.cache_size": size, "data.cache_steps": 6, "data.cache_batch": 5})
-    return cfg, TeacherSampleCache(teacher, cfg, tmp_path, "cpu", progress=False)
+    return cfg, teacher_cache(teacher, cfg, tmp_path, "cpu", progress=False)
 
 
 def test_pairs_are_the_teacher_ode_solutions_of_their_noise(tmp_path, small_teacher):
@@ -33,7 +33,7 @@ def test_pairs_are_the_teacher_ode_solutions_of_their_noise(tmp_path, small_teac
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=1e-5)
     assert len({tuple(r.tolist()) for r in z}) > 1  # drawn from several pairs, not one
     # the same noise and samples come back from the run directory
-    again = TeacherSampleCache(small_teacher, cfg, tmp_path, "cpu", progress=False)
+    again = teacher_cache(small_teacher, cfg, tmp_path, "cpu", progress=False)
     z2, x2, _ = again.draw_pairs(7, torch.Generator().manual_seed(0))
     assert torch.equal(z, z2) and torch.equal(x, x2)
 
@@ -50,10 +50,10 @@ def test_a_cache_written_without_noise_is_remade(tmp_path, small_teacher):
     torch.testing.assert_close(x, edm_sample(small_teacher.denoise, z, cfg.schedule, 6), atol=1e-5, rtol=1e-5)
 
 
-def _pair_error(trainer) -> float:
-    z, y, _ = trainer.pairs.draw_pairs(256, torch.Generator().manual_seed(0))
+def _pair_error(trainer, pairs) -> float:
+    z, y, _ = pairs.draw_pairs(256, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return float(regression_loss(trainer.acc.unwrap_model(trainer.generator)(z), y).mean())
+        return float(regression_loss(trainer.method.nets.plain_generator(z), y).mean())
 
 
 def test_regression_term_pulls_the_generator_onto_the_pairs(tmp_path, small_teacher):
@@ -61,13 +61,14 @@ def test_regression_term_pulls_the_generator_onto_the_pairs(tmp_path, small_teac
     for weight in (0.0, 5.0):
         cfg = small_config(**{"objective.name": "dmd", "regression.weight": weight, "regression.batch_size": 32,
                               "data.cache_size": 64, "data.cache_steps": 8, "train.steps": 60})
-        tr = Trainer(cfg, tmp_path / f"w{weight}", teacher=small_teacher)
+        tr = build_trainer(cfg, tmp_path / f"w{weight}", teacher=small_teacher)
+        pairs = tr.method.pairs
         if weight == 0.0:
-            assert tr.pairs is None
-            tr.pairs = pair_source(small_teacher, cfg, tmp_path / "w0.0", "cpu", progress=False)
-        start = _pair_error(tr)
+            assert pairs is None
+            pairs = teacher_cache(small_teacher, cfg, tmp_path / "w0.0", "cpu", progress=False)
+        start = _pair_error(tr, pairs)
         stats = [tr.iteration() for _ in range(cfg.train.steps)]
-        errors[weight] = (start, _pair_error(tr))
+        errors[weight] = (start, _pair_error(tr, pairs))
         assert ("loss_reg" in stats[-1]) == (weight > 0)
     (start0, end0), (start5, end5) = errors[0.0], errors[5.0]
     assert start0 == start5  # same initial generator

@@ -10,7 +10,7 @@ import yaml
 from conftest import SMALL_GMM
 from safetensors.torch import load_file
 
-from onestep.checkpoint import latest_checkpoint, list_checkpoints
+from onestep.core.rundir import latest_checkpoint, list_checkpoints
 
 STEPS = 60
 
@@ -55,7 +55,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     a = load_file(str(latest_checkpoint(tmp_path / "full")))
     b = load_file(str(latest_checkpoint(run)))
     assert a.keys() == b.keys()
-    weights = [k for k in a if k.split(".")[0] in ("generator", "ema", "fake_score", "head")]
+    weights = [k for k in a if k.split(".")[0] in ("generator", "ema", "fake_score", "discriminator")]
     assert len(weights) > 10
     for k in a:
         assert (a[k] == b[k]).all(), f"{k} differs after resume"

@@ -4,10 +4,16 @@ import math
 
 import torch
 
-from onestep.config import ScheduleConfig
-from onestep.sampling import edm_sample, heun_steps_for_nfe, per_index_noise
-from onestep.schedule import karras_sigmas, log_sigma_bins, sample_sigma, stratified_uniform
-from onestep.toy import GaussianMixture, evaluate_samples
+from onestep.core.samplers import edm_sample, heun_steps_for_nfe, per_index_noise
+from onestep.core.schedule import (
+    ScheduleConfig,
+    karras_sigmas,
+    log_sigma_bins,
+    sample_sigma,
+    stratified_uniform,
+)
+from onestep.evaluation.gmm_metrics import evaluate_samples
+from onestep.teachers.gmm import GaussianMixture
 
 
 def test_per_index_noise_is_batch_independent_and_distinct():

@@ -2,7 +2,8 @@
 
 import torch
 
-from onestep.toy import GaussianMixture, mmd_rbf
+from onestep.evaluation.gmm_metrics import mmd_rbf
+from onestep.teachers.gmm import GaussianMixture
 
 GMM = GaussianMixture([[-1.0, -1.0], [1.0, -1.0], [0.0, 1.5]], [0.1, 0.3, 0.2], [0.5, 0.3, 0.2])
 

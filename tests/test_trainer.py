@@ -1,13 +1,14 @@
 """Trainer behaviour: which parameters each step touches, non-finite handling, logs, EMA."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from conftest import small_config
 
+from onestep.build import build_trainer
 from onestep.errors import OnestepError
-from onestep.trainer import Trainer
 
 
 def _snapshot(module):
@@ -22,13 +23,13 @@ def _changed(before, module):
     {"objective.name": "sid"},
     {"objective.name": "dmd", "gan.weight": 0.01},
     {"objective.name": "uni_instruct", "objective.f": "js"},
-    {"objective.name": "f_distill", "objective.f": "fkl", "gan.weight": 0.01, "gan.features": "fake_score"},
-    {"objective.name": "sid", "gan.weight": 0.01, "gan.sigma_sampler": "lognormal"},
+    {"objective.name": "f_distill", "objective.f": "fkl", "gan.weight": 0.01, "discriminator.features": "fake_score"},
+    {"objective.name": "sid", "gan.weight": 0.01, "discriminator.sigma_sampler": "lognormal"},
     {"objective.name": "dmd", "regression.weight": 1.0, "data.cache_size": 16, "data.cache_steps": 4},
 ])
 def test_generator_step_updates_only_the_generator(tmp_path, small_teacher, overrides):
-    tr = Trainer(small_config(**overrides), tmp_path, teacher=small_teacher)
-    fake, head = tr.acc.unwrap_model(tr.fake), tr.acc.unwrap_model(tr.head) if tr.head is not None else None
+    tr = build_trainer(small_config(**overrides), tmp_path, teacher=small_teacher)
+    fake, head = tr.method.nets.plain_fake_score, tr.method.nets.plain_discriminator
     before_g, before_f = _snapshot(tr.generator), _snapshot(fake)
     before_t = _snapshot(small_teacher.network)
     before_h = _snapshot(head) if head is not None else None
@@ -51,18 +52,18 @@ def test_generator_step_updates_only_the_generator(tmp_path, small_teacher, over
 def test_fit_leaves_teacher_unchanged_and_logs(tmp_path, small_teacher):
     before = _snapshot(small_teacher.network)
     cfg = small_config(**{"objective.name": "f_distill", "objective.f": "js", "train.ema_halflife_kimg": 0.5})
-    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
+    tr = build_trainer(cfg, tmp_path, teacher=small_teacher)
     tr.fit()
     assert not _changed(before, small_teacher.network)
     rows = [json.loads(x) for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
     for r in rows:
-        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss_g", "loss_f", "loss_head"))
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss_g", "loss_f", "loss_disc"))
         assert r["nonfinite_skipped"] == 0
     # EMA trails the generator: different, but closer to it than the initial weights are
-    gen = tr.acc.unwrap_model(tr.generator)
+    gen = tr.method.nets.plain_generator
     init = small_teacher.network.state_dict()
-    ema_sd, gen_sd = tr.ema.network.state_dict(), gen.network.state_dict()
+    ema_sd, gen_sd = tr.ema.module.network.state_dict(), gen.network.state_dict()
     key = "out.weight"
     assert not torch.equal(ema_sd[key], gen_sd[key])
     assert (ema_sd[key] - gen_sd[key]).norm() < (init[key] - gen_sd[key]).norm()
@@ -70,8 +71,8 @@ def test_fit_leaves_teacher_unchanged_and_logs(tmp_path, small_teacher):
 
 def test_nonfinite_steps_are_skipped_then_abort_with_checkpoint_intact(tmp_path, small_teacher, monkeypatch):
     cfg = small_config(**{"train.steps": 30, "train.max_nonfinite": 3})
-    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
-    real_fn = tr.spec.fn
+    tr = build_trainer(cfg, tmp_path, teacher=small_teacher)
+    real_fn = tr.method.spec.fn
     calls = {"n": 0}
 
     def poisoned(inp, params):  # finite for 12 generator steps, NaN afterwards
@@ -79,7 +80,7 @@ def test_nonfinite_steps_are_skipped_then_abort_with_checkpoint_intact(tmp_path,
         loss = real_fn(inp, params)
         return loss * float("nan") if calls["n"] > 12 else loss
 
-    tr.spec = type(tr.spec)(**{**tr.spec.__dict__, "fn": poisoned})
+    tr.method.spec = dataclasses.replace(tr.method.spec, fn=poisoned)
     with pytest.raises(OnestepError, match=r"3 non-finite steps in a row .*step-00000010"):
         tr.fit()
     assert tr.nonfinite_total == 3
@@ -92,8 +93,8 @@ def test_nonfinite_steps_are_skipped_then_abort_with_checkpoint_intact(tmp_path,
 
 def test_single_nonfinite_step_is_skipped_and_counted(tmp_path, small_teacher):
     cfg = small_config(**{"train.steps": 6, "train.log_every": 6})
-    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
-    real_fn = tr.spec.fn
+    tr = build_trainer(cfg, tmp_path, teacher=small_teacher)
+    real_fn = tr.method.spec.fn
     calls = {"n": 0}
 
     def once(inp, params):
@@ -101,7 +102,7 @@ def test_single_nonfinite_step_is_skipped_and_counted(tmp_path, small_teacher):
         loss = real_fn(inp, params)
         return loss * float("inf") if calls["n"] == 3 else loss
 
-    tr.spec = type(tr.spec)(**{**tr.spec.__dict__, "fn": once})
+    tr.method.spec = dataclasses.replace(tr.method.spec, fn=once)
     for _ in range(2):
         tr.iteration()
     before = _snapshot(tr.generator)
@@ -113,14 +114,14 @@ def test_single_nonfinite_step_is_skipped_and_counted(tmp_path, small_teacher):
 
 @pytest.mark.parametrize("features", ["teacher", "fake_score"])
 def test_gan_with_its_own_sigmas_reads_only_those(tmp_path, small_teacher, features):
-    """gan.sigma_sampler: the GAN term and the head's training see only the GAN's noise levels."""
-    from onestep.schedule import karras_sigmas
+    """discriminator.sigma_sampler: the GAN term and the discriminator's training see only those noise levels."""
+    from onestep.core.schedule import karras_sigmas
 
-    cfg = small_config(**{"objective.name": "sid", "gan.weight": 0.1, "gan.features": features,
-                          "gan.sigma_sampler": "karras", "gan.sigma_range": [0.9, 1.0]})
-    tr = Trainer(cfg, tmp_path, teacher=small_teacher)
+    cfg = small_config(**{"objective.name": "sid", "gan.weight": 0.1, "discriminator.features": features,
+                          "discriminator.sigma_sampler": "karras", "discriminator.sigma_range": [0.9, 1.0]})
+    tr = build_trainer(cfg, tmp_path, teacher=small_teacher)
     seen = []
-    tr.acc.unwrap_model(tr.head).register_forward_pre_hook(lambda m, args: seen.append(args[1].detach()))
+    tr.method.nets.plain_discriminator.register_forward_pre_hook(lambda m, args: seen.append(args[1].detach()))
     before = _snapshot(tr.generator)
     tr.iteration()
     sigmas = torch.cat(seen)
@@ -131,15 +132,15 @@ def test_gan_with_its_own_sigmas_reads_only_those(tmp_path, small_teacher, featu
     # the GAN term moves the generator: the same step without it differs
     gan_step = _changed(before, tr.generator)
     assert gan_step
-    plain = Trainer(small_config(**{"objective.name": "sid", "gan.weight": 0.0}), tmp_path / "plain", teacher=small_teacher)
+    plain = build_trainer(small_config(**{"objective.name": "sid", "gan.weight": 0.0}), tmp_path / "plain",
+                          teacher=small_teacher)
     plain.generator_step()
-    a = tr.acc.unwrap_model(tr.generator).state_dict()
-    b = plain.acc.unwrap_model(plain.generator).state_dict()
+    a = tr.method.nets.plain_generator.state_dict()
+    b = plain.method.nets.plain_generator.state_dict()
     assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 
-def test_gan_sigmas_are_refused_where_the_head_is_the_ratio(tmp_path, small_teacher):
-    cfg = small_config(**{"objective.name": "f_distill", "objective.f": "js", "gan.weight": 0.01,
-                          "gan.sigma_sampler": "lognormal"})
-    with pytest.raises(OnestepError, match="gan.sigma_sampler"):
-        Trainer(cfg, tmp_path, teacher=small_teacher)
+def test_gan_sigmas_are_refused_where_the_discriminator_is_the_ratio():
+    with pytest.raises(OnestepError, match="discriminator.sigma_sampler"):
+        small_config(**{"objective.name": "f_distill", "objective.f": "js", "gan.weight": 0.01,
+                        "discriminator.sigma_sampler": "lognormal"})

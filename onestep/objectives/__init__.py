@@ -1,18 +1,22 @@
-"""Generator objectives: pure loss functions and their registry."""
+"""Generator objectives: pure loss functions of tensors, each registered where it is defined.
 
-from .common import (
-    ObjectiveInputs,
-    fake_score_loss,
-    inject_gradient,
-    regression_loss,
-    wf_normaliser,
-)
+Importing this package registers every objective (one import line per objective file).
+"""
+
+# registration, in the order `onestep objectives` lists them
+from . import diff_instruct, dmd, sid, sim, f_distill, uni_instruct  # noqa: F401, I001
+from .common import inject_gradient, per_sample_norm, wf_normaliser
+from .denoising import fake_score_loss
 from .fdiv import F_NAMES, FWeights, f_value, f_weights
-from .ratio import RatioParams, divergence_weights
-from .registry import REGISTRY, ObjectiveSpec, get, resolve, table
+from .gan import discriminator_loss, generator_gan_loss, r1_penalty
+from .inputs import ObjectiveInputs
+from .ratio import RatioParams, RatioWeighted, divergence_weights
+from .registry import REGISTRY, ObjectiveSpec, available, get, table
+from .regression import regression_loss
 
 __all__ = [
-    "F_NAMES", "FWeights", "ObjectiveInputs", "ObjectiveSpec", "REGISTRY", "RatioParams",
-    "divergence_weights", "f_value", "f_weights", "fake_score_loss", "get", "inject_gradient",
-    "regression_loss", "resolve", "table", "wf_normaliser",
+    "F_NAMES", "FWeights", "ObjectiveInputs", "ObjectiveSpec", "REGISTRY", "RatioParams", "RatioWeighted",
+    "available", "discriminator_loss", "divergence_weights", "f_value", "f_weights", "fake_score_loss",
+    "generator_gan_loss", "get", "inject_gradient", "per_sample_norm", "r1_penalty", "regression_loss", "table",
+    "wf_normaliser",
 ]

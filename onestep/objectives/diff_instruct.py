@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import ObjectiveInputs, sum_dims
+from ..core.tensors import sum_dims
+from .inputs import ObjectiveInputs
+from .registry import register
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class DiffInstructParams:
     pass
 
 
+@register("diff_instruct", params=DiffInstructParams, sigma_sampler="lognormal",
+          reference="Diff-Instruct, Luo et al. 2023, arXiv 2305.18455")
 def diff_instruct_loss(inp: ObjectiveInputs, p: DiffInstructParams) -> torch.Tensor:
     """(B,): ``((Df - Dr) * x_g).sum(chw)`` with Df, Dr detached."""
     return sum_dims((inp.Df - inp.Dr).detach() * inp.x_g)

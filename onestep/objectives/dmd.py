@@ -1,4 +1,5 @@
-"""DMD / DMD2 distribution matching (Yin et al. 2024, arXiv 2405.14867, Eq. 2; no regression loss).
+"""DMD / DMD2 distribution matching (Yin et al. 2024, arXiv 2405.14867, Eq. 2; the regression
+term is ``regression.weight``, available to every objective).
 
 The reverse-KL gradient ``(s_fake - s_real)``, in denoiser form ``(Df - Dr)``, normalised per
 sample by ``wf = mean|x_g - Dr|`` and injected with the surrogate of ``common.inject_gradient``.
@@ -7,17 +8,27 @@ sample by ``wf = mean|x_g - Dr|`` and injected with the surrogate of ``common.in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from .common import ObjectiveInputs, expand, inject_gradient, per_sample_norm
+from ..core.schema import key
+from ..core.tensors import expand
+from .common import inject_gradient, per_sample_norm
+from .inputs import ObjectiveInputs
+from .registry import FAKE, register
+
+WeightNorm = Literal["wf", "none"]
+WEIGHT_NORM_DOC = "per-sample normaliser: wf = mean|x_g - Dr| (DMD2, SiD) or none"
 
 
 @dataclass(frozen=True)
 class DMDParams:
-    weight_norm: str = "wf"
+    weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
+@register("dmd", params=DMDParams, sigma_sampler="karras_grid", discriminator_features=FAKE,
+          reference="DMD2, Yin et al. 2024, arXiv 2405.14867")
 def dmd_loss(inp: ObjectiveInputs, p: DMDParams) -> torch.Tensor:
     """(B,): surrogate for ``g = (Df - Dr) / wf``."""
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """f-distill (Xu et al. 2025, arXiv 2502.15681, Eq. 7): f-divergence distribution matching.
 
 ``grad_theta D_f(p_sigma || q_sigma) = -E_q[h(r) (s_p - s_q) dx/dtheta]`` with
-``h = f''(r) r^2`` and ``r = p/q`` from the discriminator head; in denoiser form
+``h = f''(r) r^2`` and ``r = p/q`` from the discriminator; in denoiser form
 ``g = h(r) (Df - Dr) / wf``, injected like DMD. Reverse KL (``h = 1``) is DMD.
 """
 
@@ -11,18 +11,22 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import ObjectiveInputs, expand, inject_gradient, per_sample_norm
-from .ratio import RatioParams
+from ..core.schema import key
+from ..core.tensors import expand
+from .common import inject_gradient, per_sample_norm
+from .dmd import WEIGHT_NORM_DOC, WeightNorm
+from .inputs import ObjectiveInputs
+from .ratio import RatioWeighted
+from .registry import register
 
 
 @dataclass(frozen=True)
-class FDistillParams:
-    f: str = "rkl"
-    f_alpha: float = 0.5
-    weight_norm: str = "wf"
-    ratio: RatioParams = RatioParams()
+class FDistillParams(RatioWeighted):
+    weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
+@register("f_distill", params=FDistillParams, sigma_sampler="karras_grid",
+          reference="f-distill, Xu et al. 2025, arXiv 2502.15681")
 def f_distill_loss(inp: ObjectiveInputs, p: FDistillParams) -> torch.Tensor:
     """(B,): surrogate for ``g = h(r) (Df - Dr) / wf``."""
     with torch.no_grad():

@@ -4,28 +4,20 @@
 ``-E_q[h(r) (s_p - s_q) dx/dtheta]`` with ``h(r) = f''(r) r^2``
 (f-distill, arXiv 2502.15681, Eq. 7). Uni-Instruct (arXiv 2505.20755) also needs
 ``h - r h'``, ``r h'`` and ``q = r (h - r h')'``. Each is written in closed form of the
-log-ratio ``l = log r`` (DESIGN.md, section 3 table); the tests check them against
+log-ratio ``l = log r`` (docs/design.md, section 3 table); the tests check them against
 autograd derivatives of ``f``.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-F_NAMES = ("rkl", "srkl", "js", "sh", "fkl", "jeffreys", "chi2", "neyman", "alpha")
-F_TITLES = {
-    "rkl": "reverse KL",
-    "srkl": "softened reverse KL",
-    "js": "Jensen-Shannon",
-    "sh": "squared Hellinger",
-    "fkl": "forward KL",
-    "jeffreys": "Jeffreys",
-    "chi2": "Pearson chi^2",
-    "neyman": "Neyman chi^2",
-    "alpha": "alpha-divergence",
-}
+FName = Literal["rkl", "srkl", "js", "sh", "fkl", "jeffreys", "chi2", "neyman", "alpha"]
+F_NAMES: tuple[str, ...] = typing.get_args(FName)
 
 
 @dataclass(frozen=True)

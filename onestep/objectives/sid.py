@@ -3,7 +3,8 @@
 Per sample, ``<Dr - Df, (Dr - x_g) - alpha (Dr - Df)> / wf`` with gradients through the
 inputs of teacher and fake score. With ``alpha = 0.5`` this is ``L_sim + L_fisher`` of
 Uni-Instruct with reverse KL (the exact Fisher-divergence gradient); ``alpha = 1.2``
-(SiD's practical choice) is ``L_sim - 0.4 L_fisher``.
+(SiD's practical choice) is ``L_sim - 0.4 L_fisher``. ``sida`` is the same loss with the GAN
+term on the fake score's features (SiDA, Zhou et al. 2024, arXiv 2410.14919).
 """
 
 from __future__ import annotations
@@ -12,15 +13,24 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import ObjectiveInputs, per_sample_norm, sum_dims
+from ..core.schema import key
+from ..core.tensors import sum_dims
+from .common import per_sample_norm
+from .dmd import WEIGHT_NORM_DOC, WeightNorm
+from .inputs import ObjectiveInputs
+from .registry import FAKE, TEACHER, register
 
 
 @dataclass(frozen=True)
 class SiDParams:
-    alpha: float = 1.2
-    weight_norm: str = "wf"
+    alpha: float = key(1.2, "SiD's alpha (0.5: the exact Fisher-divergence gradient)")
+    weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
+@register("sida", params=SiDParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE), requires_gan=True,
+          discriminator_features=FAKE, reference="SiDA, Zhou et al. 2024, arXiv 2410.14919")
+@register("sid", params=SiDParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
+          reference="SiD, Zhou et al. 2024, arXiv 2404.04057")
 def sid_loss(inp: ObjectiveInputs, p: SiDParams) -> torch.Tensor:
     """(B,): ``((Dr - Df) * ((Dr - x_g) - alpha (Dr - Df))).sum(chw) / wf``."""
     delta = inp.Dr - inp.Df

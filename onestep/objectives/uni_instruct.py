@@ -2,7 +2,7 @@
 
 ``D_f(p_0 || q_0) = D_f(p_T || q_T) + int sigma E_q[h(r) |s_p - s_q|^2] dsigma``; the
 gradient of the per-sigma integrand ``E_q[h(r) |s_p - s_q|^2]`` (times ``sigma^4 / 2``)
-is, per sample (DESIGN.md section 3; all weights detached):
+is, per sample (docs/design.md section 3; all weights detached):
 
 - ``L_sim    = <Delta, Df - x_g>``                      (through teacher and fake inputs)
 - ``L_fisher = 0.5 |Delta|^2``                          (through teacher and fake inputs)
@@ -19,20 +19,24 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import ObjectiveInputs, expand, per_sample_norm, sum_dims
+from ..core.schema import key
+from ..core.tensors import expand, sum_dims
+from .common import per_sample_norm
+from .dmd import WEIGHT_NORM_DOC, WeightNorm
 from .fdiv import f_weights
-from .ratio import RatioParams
+from .inputs import ObjectiveInputs
+from .ratio import RatioWeighted
+from .registry import FAKE, TEACHER, register
 
 
 @dataclass(frozen=True)
-class UniInstructParams:
-    f: str = "rkl"
-    f_alpha: float = 0.5
-    fisher_weight: float = 1.0
-    weight_norm: str = "wf"
-    ratio: RatioParams = RatioParams()
+class UniInstructParams(RatioWeighted):
+    fisher_weight: float = key(1.0, "weight of L_fisher (1: exact; 2 (1 - alpha): SiD(alpha) with rkl)")
+    weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
+@register("uni_instruct", params=UniInstructParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
+          reference="Uni-Instruct, Wang et al. 2025, arXiv 2505.20755")
 def uni_instruct_loss(inp: ObjectiveInputs, p: UniInstructParams) -> torch.Tensor:
     """(B,): ``h L_sim + fisher_weight (h - r h') L_fisher + L_di + L_x`` over ``wf``."""
     x_g, sigma = inp.x_g, inp.sigma

@@ -1,0 +1,185 @@
+"""Loading a config: YAML, ``--set`` overrides, renamed keys, relative paths, cross-section checks.
+
+The resolved config is the single source of truth of a run: it is printed by ``--dry-run``,
+written to ``<run>/config.yaml`` and stored inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from ..core import schema
+from ..errors import OnestepError
+from .objective import build_objective
+from .sections import Config
+
+# Keys renamed in 0.2 (old -> new); the old spelling works for one release with a warning.
+RENAMED = {
+    "gan.features": "discriminator.features",
+    "gan.hidden": "discriminator.hidden",
+    "gan.head_weight": "discriminator.loss_weight",
+    "gan.r1_weight": "discriminator.r1_weight",
+    "gan.sigma_sampler": "discriminator.sigma_sampler",
+    "gan.sigma_range": "discriminator.sigma_range",
+    "train.lr_head": "discriminator.lr",
+}
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A config key was renamed; the message names the new key."""
+
+
+def _apply_renames(data: dict, warn: bool = True) -> dict:
+    for old, new in RENAMED.items():
+        (s_old, k_old), (s_new, k_new) = old.split("."), new.split(".")
+        section = data.get(s_old)
+        if not isinstance(section, dict) or k_old not in section:
+            continue
+        target = data.setdefault(s_new, {})
+        if not isinstance(target, dict):
+            continue  # reported by the schema as a malformed section
+        if k_new in target:
+            raise OnestepError(f"config keys '{old}' and '{new}' are the same setting; keep only '{new}'")
+        target[k_new] = section.pop(k_old)
+        if warn:
+            warnings.warn(f"config key '{old}' is deprecated and will be removed; use '{new}'",
+                          ConfigDeprecationWarning, stacklevel=4)
+    return data
+
+
+def from_dict(data: dict, cls: type | None = None, stored: bool = False):
+    """Build and validate a config (default: the distillation ``Config``) from a nested dict.
+
+    ``stored``: the config a checkpoint carries, possibly written by an earlier release: renamed
+    keys move without a warning and parameters of other objectives are ignored."""
+    cls = cls or Config
+    if cls is not Config:
+        return schema.build(cls, data, "")
+    if not isinstance(data, dict):
+        raise OnestepError(f"config file: expected a mapping of sections, got {data!r}")
+    data = _apply_renames({k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}, warn=not stored)
+    objective = build_objective(data.get("objective"), stored)
+    config = schema.build(Config, {k: v for k, v in data.items() if k != "objective"}, "")
+    config.objective = objective
+    validate(config)
+    return config
+
+
+def to_dict(config) -> dict:
+    """Plain nested dict; the objective's parameters flattened into its section."""
+    out = asdict(config)
+    if isinstance(config, Config):
+        out["objective"].update(out["objective"].pop("params"))
+    return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Sections in block style, lists (means, betas, ...) inline."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def dump_yaml(config) -> str:
+    return yaml.dump(to_dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise OnestepError(f"--set expects key=value (e.g. train.steps=100), got '{item}'")
+        name, raw = item.split("=", 1)
+        parts = name.strip().split(".")
+        if not all(parts):
+            raise OnestepError(f"--set: malformed key '{name}'")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise OnestepError(f"--set: '{part}' in '{name}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file's top-level mapping; one-line errors for a missing, undecodable or invalid file."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnestepError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise OnestepError(f"config file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise OnestepError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise OnestepError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
+# Keys holding file paths; a relative one resolves against the config file's directory.
+PATH_KEYS = (("teacher", "path"), ("teacher", "prompts"))
+
+
+def resolve_paths(data: dict, base: Path) -> dict:
+    """Make the relative paths of ``PATH_KEYS`` absolute where they exist under ``base`` (a path
+    that exists nowhere there is left as given: a hub id, or an error reported where it is read)."""
+    for section, name in PATH_KEYS:
+        node = data.get(section)
+        value = node.get(name) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (base / value).exists():
+            node[name] = str((base / value).resolve())
+    return data
+
+
+def load(path: str | Path, overrides: list[str] | None = None, cls: type | None = None):
+    """Load a YAML config file (its relative paths resolved against its directory), apply ``--set``
+    overrides (relative to the working directory, as typed), validate."""
+    data = resolve_paths(read_yaml(path), Path(path).resolve().parent)
+    return from_dict(apply_overrides(data, overrides or []), cls)
+
+
+def loads(text: str) -> Config:
+    return from_dict(yaml.safe_load(text) or {})
+
+
+def _check_range(sampler: str | None, value: list[float] | None, key_name: str) -> None:
+    if value is None:
+        return
+    lo, hi = value
+    if not lo < hi:
+        raise OnestepError(f"config key '{key_name}': expected [lo, hi] with lo < hi, got {value}")
+    if sampler == "karras" and hi > 1:
+        raise OnestepError(f"config key '{key_name}': the karras sampler takes u in [0, 1], got {value}")
+    if sampler == "karras_grid" and (hi > 999 or not float(lo).is_integer() or not float(hi).is_integer()):
+        raise OnestepError(f"config key '{key_name}': the karras_grid sampler takes indices in 0..999, got {value}")
+    if sampler == "lognormal":
+        raise OnestepError(f"config key '{key_name}': the lognormal sampler takes no range")
+
+
+def validate(config: Config) -> None:
+    """Relations between sections; each failure names the key and what to do."""
+    spec, params = config.objective.resolve()
+    o, d = config.objective, config.discriminator
+    _check_range(o.sigma_sampler or spec.sigma_sampler, o.sigma_range, "objective.sigma_range")
+    if d.sigma_range is not None and d.sigma_sampler is None:
+        raise OnestepError("config key 'discriminator.sigma_range' needs discriminator.sigma_sampler")
+    _check_range(d.sigma_sampler, d.sigma_range, "discriminator.sigma_range")
+    if spec.requires_gan and config.gan.weight <= 0:
+        raise OnestepError(f"objective '{spec.name}' needs the GAN term: set gan.weight > 0 (e.g. 1e-2)")
+    if d.sigma_sampler is not None and spec.needs_ratio(params):
+        raise OnestepError(
+            f"config key 'discriminator.sigma_sampler': objective.f={params.f} reads the density ratio from "
+            f"the discriminator at the objective's sigmas; drop discriminator.sigma_sampler or use f: rkl")

@@ -1,0 +1,149 @@
+"""The sections of a distillation config: each key with its type, domain and meaning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..core.schedule import ScheduleConfig
+from ..core.schema import key
+from ..errors import OnestepError
+from .objective import ObjectiveConfig, SigmaSampler
+
+
+@dataclass
+class TeacherConfig:
+    """Which frozen model is distilled."""
+
+    kind: Literal["gmm", "diffusers"] = key("gmm", "gmm (analytic Gaussian mixture) or diffusers (a pipeline)")
+    means: list[list[float]] | None = key(None, "gmm: one mean per component (all of one length)", nonempty=True)
+    stds: list[float] | None = key(None, "gmm: isotropic std per component", gt=0)
+    weights: list[float] | None = key(None, "gmm: mixture weight per component", gt=0)
+    path: str | None = key(None, "diffusers: pipeline directory (relative: to the config file) or hub id",
+                              nonempty=True)
+    subfolder: str | None = key(None, "diffusers: subfolder of the denoiser (default unet)", nonempty=True)
+    dtype: Literal["float32", "bfloat16", "float16"] = key("float32", "weight dtype of the frozen teacher")
+    prompts: str | None = key(None, "text-to-image: prompts file, one per line", nonempty=True)
+    guidance_scale: float = key(1.0, "text-to-image: the teacher's classifier-free guidance", ge=0)
+
+    def check(self, prefix: str) -> None:
+        if self.kind == "gmm":
+            if not self.means:
+                raise OnestepError(f"config key '{prefix}.means': a gmm teacher needs a list of means")
+            dims = {len(m) for m in self.means}
+            if len(dims) != 1 or 0 in dims:
+                raise OnestepError(f"config key '{prefix}.means': every mean needs the same, non-zero length")
+            for name in ("stds", "weights"):
+                value = getattr(self, name)
+                if value is not None and len(value) != len(self.means):
+                    raise OnestepError(f"config key '{prefix}.{name}': expected {len(self.means)} values (one per "
+                                       f"mean), got {len(value)}")
+        elif not self.path:
+            raise OnestepError(f"config key '{prefix}.path': a diffusers teacher needs a directory or hub id")
+
+
+@dataclass
+class NetworkConfig:
+    """The MLP denoiser fitted to an analytic teacher (copied into generator and fake score)."""
+
+    hidden: int = key(256, "hidden width", ge=1)
+    depth: int = key(3, "layers", ge=1)
+    sigma_data: float | None = key(None, "EDM sigma_data (null: the mixture's per-coordinate std)", gt=0)
+    fit_steps: int = key(3000, "Adam steps fitting the exact denoiser", ge=1)
+    fit_batch: int = key(512, "batch of the fit", ge=1)
+    fit_lr: float = key(1e-3, "learning rate of the fit", gt=0)
+
+
+@dataclass
+class GeneratorConfig:
+    sigma_init: float = key(2.5, "the generator's noise level (2.5: SiD/Uni-Instruct; DMD2: the last timestep)",
+                            gt=0)
+
+
+@dataclass
+class GanConfig:
+    """The generator's adversarial term on the discriminator's logit (section ``discriminator``)."""
+
+    weight: float = key(0.0, "weight of the non-saturating GAN term in the generator loss (0: off)", ge=0)
+
+
+@dataclass
+class DiscriminatorConfig:
+    """The discriminator: the density ratio of f-distill / Uni-Instruct and the GAN term's logit.
+    Built only when an objective needs the ratio or ``gan.weight > 0``."""
+
+    features: Literal["teacher", "fake_score"] | None = key(
+        None, "feature source: the frozen teacher or the fake score's encoder (null: the objective's default)")
+    hidden: int = key(128, "width of the head", ge=1)
+    loss_weight: float = key(1e-2, "weight of its loss next to the fake-score loss (shared optimizer)", ge=0)
+    r1_weight: float = key(0.0, "R1 penalty on real samples", ge=0)
+    lr: float | None = key(None, "learning rate of its parameters (null: train.lr_fake)", gt=0)
+    sigma_sampler: SigmaSampler | None = key(
+        None, "noise levels of the GAN term and of its training (null: the objective's; not with a learned ratio)")
+    sigma_range: list[float] | None = key(None, "range of that sampler (as objective.sigma_range)", length=2, ge=0)
+
+
+@dataclass
+class RegressionConfig:
+    """DMD's regression term (Yin et al. 2023, arXiv 2311.18828, Eq. 7) for any objective:
+    ``weight * 0.5 |G(z) - y(z)|^2`` per pair, where ``y(z)`` is the teacher's multi-step ODE
+    sample from ``sigma_max z`` (pairs: the teacher-sample cache, ``data.cache_size`` of them
+    with ``data.cache_steps`` Heun steps, made once per run)."""
+
+    weight: float = key(0.0, "weight of the regression term (0: off)", ge=0)
+    batch_size: int = key(16, "pairs per generator step (global)", ge=1)
+
+
+@dataclass
+class DataConfig:
+    """Where the discriminator's "real" samples come from, and the data-free teacher-sample cache."""
+
+    dataset: str | None = key(None, "real samples: digits | digits16 (null: teacher samples, data-free)",
+                                 nonempty=True)
+    cache_size: int = key(256, "teacher ODE samples cached in the run (data-free real side, regression pairs)",
+                          ge=1)
+    cache_steps: int = key(18, "Heun steps of the cache's teacher sampler (NFE = 2 n - 1)", ge=1)
+    cache_batch: int = key(64, "batch of the cache's sampler", ge=1)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = key(1000, "generator steps", ge=1)
+    batch_size: int = key(64, "global batch", ge=1)
+    fake_steps_per_gen: int = key(1, "fake-score (+ discriminator) steps per generator step", ge=1)
+    grad_accum: int = key(1, "micro-batches per optimizer step", ge=1)
+    lr_generator: float = key(1e-4, "generator learning rate", gt=0)
+    lr_fake: float = key(1e-4, "fake-score learning rate", gt=0)
+    lr_decay: Literal["none", "cosine"] = key("none", "generator schedule: constant, or cosine to 10% over steps")
+    optimizer: Literal["adam", "adamw"] = key("adam", "optimizer of every trained network")
+    betas: list[float] = key(default_factory=lambda: [0.0, 0.999], doc="Adam betas", length=2, ge=0, lt=1)
+    weight_decay: float = key(0.0, "weight decay", ge=0)
+    grad_clip: float = key(10.0, "max global gradient norm per network (0: off)", ge=0)
+    ema_halflife_kimg: float = key(0.0, "EMA half-life in thousands of samples (0: no EMA)", ge=0)
+    seed: int = key(0, "seed of every random draw", ge=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = key("no", "autocast dtype of the networks")
+    gradient_checkpointing: bool = key(False, "recompute UNet activations in backward (saves memory)")
+    retain_freed_memory: bool = key(True, "CPU: keep freed memory in the process (glibc mallopt)")
+    checkpoint_every: int = key(500, "steps between checkpoints", ge=1)
+    keep_checkpoints: int = key(2, "checkpoints kept (older ones are deleted)", ge=1)
+    log_every: int = key(50, "steps between rows of stats.jsonl", ge=1)
+    max_nonfinite: int = key(10, "abort after this many non-finite steps in a row", ge=1)
+    progress: bool = key(True, "progress bar")
+
+
+@dataclass
+class Config:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attention: Literal["auto", "xformers", "flash", "efficient", "math"] = key(
+        "auto", "attention kernels of every network")
+
+

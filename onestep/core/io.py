@@ -1,0 +1,167 @@
+"""Atomic files: safetensors tensors + JSON metadata, text, pipeline directories; state packing.
+
+Every write goes to a temporary name in the same directory, is fsynced and renamed, so a
+process killed at any moment leaves either the previous file or the new one, never a torn
+file. Nothing is pickled: tensors go to safetensors, everything else to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from ..errors import OnestepError
+from ..portable import bundle
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``save_file`` to ``path`` via a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a clear error if missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnestepError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise OnestepError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+# ----------------------------------------------------------------------------- state packing
+
+
+def pack_module(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def unpack_module(prefix: str, tensors: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    missing, unexpected = module.load_state_dict(sub, strict=False)
+    if missing or unexpected:
+        raise OnestepError(
+            f"checkpoint does not match the model for '{prefix}' "
+            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors); was the config changed?"
+        )
+
+
+def pack_optimizer(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as tensors plus a JSON-able layout (param groups, scalar state)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.state.{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], layout: dict, optimizer: torch.optim.Optimizer) -> None:
+    state: dict[int, dict] = {}
+    head = prefix + ".state."
+    for key, value in tensors.items():
+        if key.startswith(head):
+            idx, name = key[len(head) :].split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+    for key, value in layout["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+
+
+def rng_tensors(prefix: str, generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    out = {f"{prefix}.torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out[f"{prefix}.torch_cuda"] = torch.cuda.get_rng_state()
+    for name, gen in generators.items():
+        out[f"{prefix}.{name}"] = gen.get_state()
+    return out
+
+
+def restore_rng(prefix: str, tensors: dict[str, torch.Tensor], generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(tensors[f"{prefix}.torch_cpu"])
+    if torch.cuda.is_available() and f"{prefix}.torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[f"{prefix}.torch_cuda"])
+    for name, gen in generators.items():
+        gen.set_state(tensors[f"{prefix}.{name}"])
+
+
+def safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """Tensor names and raw metadata of a safetensors file, without loading tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise OnestepError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys()), fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise OnestepError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
+
+
+def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
+    """Write a diffusers pipeline as a directory that loads without ``onestep``, atomically.
+
+    ``save_pretrained`` output (safetensors), the bundled ``pipeline.py`` (``portable.bundle``)
+    and a ``model_index.json`` naming the class in it; ``write_extra(tmp_dir)`` adds files
+    before the directory is renamed into place. Returns ``output``.
+    """
+    output = Path(output)
+    tmp = output.with_name(output.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "pipeline.py").write_text(bundle())
+    index_path = tmp / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = ["pipeline", type(pipe).__name__]
+    index_path.write_text(json.dumps(index, indent=2))
+    if write_extra is not None:
+        write_extra(tmp)
+    if output.exists():
+        shutil.rmtree(output)
+    tmp.rename(output)
+    return output

@@ -1,0 +1,99 @@
+"""Sources of "real" samples for the discriminator, and the teacher's (noise, sample) pairs.
+
+Every source has ``draw(n, rng) -> (x (n, *shape), cond or None)``, drawn uniformly with
+replacement. With ``data.dataset`` set, real samples are data set images (with their labels);
+otherwise they are exact samples (analytic teachers) or a cache of teacher multi-step
+samples, made once with the EDM Heun sampler and stored in the run directory. The cache keeps
+each sample's starting noise, so it also serves the regression term's (noise, teacher output)
+pairs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..core.io import atomic_save, load_safetensors
+from ..core.schedule import ScheduleConfig
+from ..sampling import teacher_samples
+from ..teachers.gmm import GaussianMixture
+
+
+class TensorSource:
+    """Samples x (N, ...) with optional labels (N,); ``cond_fn`` maps labels to conditioning."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor | None = None, cond_fn=None):
+        self.x, self.labels, self.cond_fn = x, labels, cond_fn
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def draw(self, n: int, rng: torch.Generator):
+        return self.take(torch.randint(0, len(self.x), (n,), generator=rng))
+
+    def take(self, idx: torch.Tensor):
+        """Rows ``idx``: (x, cond) with cond None where there are no labels."""
+        if self.labels is None:
+            return self.x[idx], None
+        cond = self.labels[idx]
+        return self.x[idx], (self.cond_fn(cond) if self.cond_fn is not None else cond)
+
+
+class ExactSamples:
+    """Exact samples of an analytic mixture."""
+
+    def __init__(self, gmm: GaussianMixture):
+        self.gmm = gmm
+
+    def draw(self, n: int, rng: torch.Generator):
+        return self.gmm.sample(n, generator=rng)[0], None
+
+
+class TeacherSampleCache:
+    """Teacher ODE samples and their starting noise, made on first use (or loaded from ``path``).
+
+    ``draw`` serves the discriminator's "real" side; ``draw_pairs`` the regression term's pairs.
+    Sample ``i`` is the Heun solution (``steps`` steps) from ``sigma_max * noise[i]``.
+    """
+
+    def __init__(self, teacher, size: int, steps: int, batch_size: int, seed: int, schedule: ScheduleConfig,
+                 path: Path | None = None, device="cpu", progress: bool = True):
+        self.teacher, self.size, self.steps, self.batch_size = teacher, size, steps, batch_size
+        self.seed, self.schedule, self.path, self.device, self.progress = seed, schedule, path, device, progress
+        self._source: TensorSource | None = None
+        self.noise: torch.Tensor | None = None
+
+    def _make(self) -> dict[str, torch.Tensor]:
+        rng = torch.Generator().manual_seed(self.seed)
+        labels = self.teacher.sample_labels(self.size, rng)
+        shape = self.teacher.sample_shape
+        noise = torch.cat([torch.randn(min(self.batch_size, self.size - start), *shape, generator=rng)
+                           for start in range(0, self.size, self.batch_size)])
+        x = teacher_samples(self.teacher, noise, labels, self.schedule, self.steps, self.batch_size,
+                            device=self.device, progress=self.progress, desc="teacher samples")
+        return {"x": x, "noise": noise} if labels is None else {"x": x, "noise": noise, "labels": labels}
+
+    def _ready(self) -> TensorSource:
+        if self._source is None:
+            tensors = load_safetensors(self.path)[0] if self.path is not None and self.path.is_file() else {}
+            if "noise" not in tensors:  # absent, or written before the noise was kept: (re)make it
+                tensors = self._make()
+                if self.path is not None:
+                    atomic_save(tensors, self.path)
+            self.noise = tensors["noise"]
+            self._source = TensorSource(tensors["x"], tensors.get("labels"), self.teacher.cond_for)
+        return self._source
+
+    def draw(self, n: int, rng: torch.Generator):
+        return self._ready().draw(n, rng)
+
+    def draw_pairs(self, n: int, rng: torch.Generator):
+        """``n`` (noise z, teacher sample from ``sigma_max z``, cond) triples, with replacement.
+
+        Shapes: z and x (n, *sample_shape); cond (n,) labels, (n, L, D) prompt embeddings or None.
+        """
+        source = self._ready()
+        idx = torch.randint(0, len(source), (n,), generator=rng)
+        x, cond = source.take(idx)
+        return self.noise[idx], x, cond

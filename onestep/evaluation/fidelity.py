@@ -1,0 +1,218 @@
+"""FID / KID / Inception Score / precision-recall through torch-fidelity.
+
+Feature extractors by name:
+- ``inception``: torch-fidelity's InceptionV3 (``inception-v3-compat``). Its weights
+  (``weights-inception-2015-12-05-6726825d.pth``) come from a local path or the torch hub
+  cache; they are never downloaded here, and they are checked to load with
+  ``torch.load(weights_only=True)`` (no pickled code) before torch-fidelity reads them.
+- ``digits``: the bundled digits classifier (``evaluation.digits_features``), registered with
+  torch-fidelity's feature-extractor registry as ``onestep-digits``.
+
+Inputs (``samples`` / ``reference``): a tensor (N, C, H, W) in [-1, 1], a ``.npy`` file of
+one, or a folder of PNG images. Reference statistics are cached by name
+(``reference_name`` + ``cache_root``), so a reference set is featurised once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import OnestepError
+from .digits_features import DEFAULT_WEIGHTS, load_classifier
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+DIGITS_NAME = "onestep-digits"
+METRICS = ("fid", "kid", "isc", "prc")
+DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "onestep" / "fidelity"
+
+
+class ImageTensorDataset(Dataset):
+    """(N, C, H, W) in [-1, 1] -> uint8 (3, H, W) items (grey images repeated to RGB)."""
+
+    def __init__(self, x: torch.Tensor):
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        self.x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+def load_images(source) -> torch.Tensor:
+    """A tensor, ``.npy`` file or PNG folder as (N, C, H, W) in [-1, 1]."""
+    if torch.is_tensor(source):
+        return source.float()
+    path = Path(source)
+    if path.is_file() and path.suffix == ".npy":
+        return torch.from_numpy(np.load(path)).float()
+    if path.is_dir():
+        from PIL import Image
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not files:
+            raise OnestepError(f"no PNG/JPEG images in {path}")
+        arrays = [np.asarray(Image.open(f)) for f in files]
+        x = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1
+        return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    raise OnestepError(f"cannot read images from {source}: expected a .npy file or an image folder")
+
+
+def _digits_extractor_class():
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    class DigitsFeatureExtractor(FeatureExtractorBase):
+        """torch-fidelity extractor: uint8 (B, 3, H, W) -> digits classifier features / logits."""
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            self.model = load_classifier(feature_extractor_weights_path)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("features", "logits")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return "logits" if metric == "isc" else "features"
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+        def forward(self, x):
+            x = x[:, :1].float() / 127.5 - 1
+            feats = self.model.features(x)
+            out = {"features": feats, "logits": self.model.head(feats)}
+            return tuple(out[name] for name in self.features_list)
+
+    return DigitsFeatureExtractor
+
+
+def register_extractors() -> None:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if DIGITS_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(DIGITS_NAME, _digits_extractor_class())
+
+
+def inception_weights(path: str | Path | None = None) -> Path:
+    """A checked local InceptionV3 weights file, or a one-line error saying where to put it."""
+    candidates = [Path(path)] if path else []
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    candidates.append(torch_home / "hub" / "checkpoints" / INCEPTION_FILE)
+    for c in candidates:
+        if c.is_file():
+            try:
+                torch.load(c, map_location="cpu", weights_only=True)
+            except Exception:
+                raise OnestepError(f"{c} does not load as plain weights (torch.load weights_only=True)") from None
+            return c
+    raise OnestepError(
+        f"InceptionV3 weights not found: put {INCEPTION_FILE} (from torch-fidelity's releases) in "
+        f"{torch_home / 'hub' / 'checkpoints'} or pass --inception-weights PATH; or use --features digits"
+    )
+
+
+def extractor_kwargs(features: str, weights: str | Path | None = None) -> dict:
+    """torch-fidelity keyword arguments selecting a feature extractor by our name."""
+    if features == "digits":
+        register_extractors()
+        return {"feature_extractor": DIGITS_NAME, "feature_extractor_weights_path": str(weights or DEFAULT_WEIGHTS)}
+    if features == "inception":
+        return {"feature_extractor": "inception-v3-compat",
+                "feature_extractor_weights_path": str(inception_weights(weights))}
+    raise OnestepError(f"unknown feature extractor '{features}' (valid: inception, digits)")
+
+
+def compute_metrics(samples, reference, features: str = "digits", metrics=("fid",), reference_name: str | None = None,
+                    cache_root: str | Path | None = None, weights: str | Path | None = None,
+                    batch_size: int = 256, kid_subset_size: int | None = None) -> dict:
+    """Metrics of ``samples`` against ``reference`` in one extractor's feature space.
+
+    Returns torch-fidelity's keys (``frechet_inception_distance`` is the Frechet distance in
+    the chosen features, also for ``digits``), plus ``num_samples``.
+    """
+    import torch_fidelity
+
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise OnestepError(f"unknown metric(s) {sorted(unknown)} (valid: {', '.join(METRICS)})")
+    x = load_images(samples)
+    ref = load_images(reference) if reference is not None else None
+    kwargs = extractor_kwargs(features, weights)
+    kwargs.update(fid="fid" in metrics, kid="kid" in metrics, isc="isc" in metrics, prc="prc" in metrics,
+                  cuda=torch.cuda.is_available(), save_cpu_ram=True, verbose=False, batch_size=batch_size,
+                  input1=ImageTensorDataset(x))
+    if ref is not None:
+        kwargs["input2"] = ImageTensorDataset(ref)
+        if reference_name:
+            kwargs.update(input2_cache_name=f"{reference_name}-{features}", cache=True,
+                          cache_root=str(cache_root or DEFAULT_CACHE_ROOT))
+    if "kid" in metrics:
+        n = min(len(x), len(ref)) if ref is not None else len(x)
+        kwargs["kid_subset_size"] = kid_subset_size or min(1000, n)
+    out = dict(torch_fidelity.calculate_metrics(**kwargs))
+    out["num_samples"] = len(x)
+    return out
+
+
+def feature_extractor(features: str = "digits", weights=None):
+    """The named extractor (CPU), returning the FD feature layer: call it once, reuse it."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    kwargs = extractor_kwargs(features, weights)
+    name = kwargs.pop("feature_extractor")
+    layer = "features" if features == "digits" else "2048"
+    return create_feature_extractor(name, [layer], cuda=False, verbose=False, **kwargs)
+
+
+def features_of(x: torch.Tensor, features: str = "digits", weights=None, batch_size: int = 512,
+                extractor=None) -> np.ndarray:
+    """Feature vectors (N, F) float64 of images (N, C, H, W) in [-1, 1] with the named extractor
+    (or ``extractor``, from ``feature_extractor``)."""
+    ext = extractor if extractor is not None else feature_extractor(features, weights)
+    ds = ImageTensorDataset(x)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            out.append(ext(ds.x[i:i + batch_size])[0].double())
+    return torch.cat(out).numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F)."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    stats = [{"mu": f.mean(0), "sigma": np.cov(f, rowvar=False)} for f in (a, b)]
+    return float(fid_statistics_to_metric(stats[0], stats[1], verbose=False)["frechet_inception_distance"])
+
+
+def make_reference(name: str, images, features: str = "digits", cache_root: str | Path | None = None,
+                   weights=None, batch_size: int = 256) -> Path:
+    """Featurise a reference set once into torch-fidelity's cache under ``name``."""
+    from torch_fidelity.utils import (
+        create_feature_extractor,
+        extract_featuresdict_from_input_id_cached,
+    )
+
+    kwargs = extractor_kwargs(features, weights)
+    ext_name = kwargs.pop("feature_extractor")
+    root = Path(cache_root or DEFAULT_CACHE_ROOT)
+    layers = ["features", "logits"] if features == "digits" else ["2048", "logits_unbiased"]
+    ext = create_feature_extractor(ext_name, layers, cuda=torch.cuda.is_available(), verbose=False, **kwargs)
+    extract_featuresdict_from_input_id_cached(
+        2, ext, input2=ImageTensorDataset(load_images(images)), input2_cache_name=f"{name}-{features}",
+        cache=True, cache_root=str(root), batch_size=batch_size, cuda=torch.cuda.is_available(),
+        save_cpu_ram=True, verbose=False, **kwargs)
+    return root

@@ -1,0 +1,49 @@
+"""The denoiser protocol every network speaks (docs/design.md section 1).
+
+``D(x_t, sigma, cond) -> x0_hat`` in the EDM form ``x_t = x0 + sigma eps``, fp32 in and out,
+whatever the network's native parameterisation. Everything outside ``nets/`` and
+``teachers/`` reaches a network only through this interface: its sample shape, conditioning
+kind, whether it works in a VAE's latent space, its sigma_data and trained sigma range, a
+feature tap for a discriminator, gradient checkpointing, and a JSON spec that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from torch import nn
+
+CondKind = Literal["none", "class", "text"]
+
+
+class Denoiser(nn.Module):
+    """``forward(x (B, *sample_shape), sigma (B,), cond=None, return_features=False)``
+    -> x0_hat (B, *sample_shape) fp32, or (x0_hat, features) with ``return_features``.
+
+    ``cond``: None (``cond_kind == "none"``), class labels (B,) long (``"class"``), or prompt
+    embeddings (B, L, D) (``"text"``).
+    """
+
+    sample_shape: tuple[int, ...]
+    sigma_data: float = 0.5
+    cond_kind: CondKind = "none"
+    num_classes: int = 0
+    is_latent: bool = False  # samples live in a VAE's latent space (decoded by the teacher's VAE)
+
+    @property
+    def sigma_range(self) -> tuple[float, float]:
+        """Smallest and largest sigma the network was trained on."""
+        return 0.0, math.inf
+
+    def spec(self) -> dict:
+        """JSON-able description that ``nets.spec.build_network`` rebuilds (untrained)."""
+        raise NotImplementedError
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward where the network supports it (default: no-op)."""
+
+    def pipeline_parts(self, sigma_init: float) -> dict | None:
+        """Keyword arguments of ``OneStepPipeline`` for a generator at ``sigma_init``, or None
+        where the network does not export as a diffusers pipeline."""
+        return None

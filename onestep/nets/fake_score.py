@@ -1,0 +1,27 @@
+"""The fake score: a trainable copy of the teacher's network that tracks the generator's score."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .denoiser import Denoiser
+
+
+class FakeScore(nn.Module):
+    """``Df = F(x_t, sigma, cond)``: the denoiser of the generator's own distribution.
+
+    ``forward(..., return_features=True)`` also returns the network's feature tap
+    (the bottleneck), which a discriminator may read (DMD2 / SiDA).
+    """
+
+    def __init__(self, network: Denoiser):
+        super().__init__()
+        self.network = copy.deepcopy(network).float().train()  # trainable weights in fp32
+        for p in self.network.parameters():
+            p.requires_grad_(True)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, return_features: bool = False):
+        return self.network(x, sigma, cond, return_features=return_features)

@@ -1,0 +1,124 @@
+"""The EDM denoiser form of diffusers networks: torch only, shared by training and every export.
+
+One language everywhere (Karras et al. 2022, arXiv 2206.00364): ``x_t = x0 + sigma * eps`` and a
+network is a denoiser ``D(x_t, sigma, cond) -> x0_hat``, fp32 in and out. This module converts a
+diffusers network's native parameterisation (VP epsilon / v / sample, EDM, flow matching) to
+that form, and holds the Karras grid, the Heun sampler, per-index seeds and the VAE decode.
+``onestep export`` inlines it into the exported ``pipeline.py``, so an exported pipeline
+computes exactly what ``onestep sample`` computes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
+    """EDM preconditioning ``D(x) = c_skip x + c_out F(c_in x, c_noise)`` (arXiv 2206.00364,
+    Table 1): ``(c_skip, c_out, c_in, c_noise)``, each shaped like ``sigma``."""
+    s2, sd2 = sigma**2, sigma_data**2
+    return sd2 / (s2 + sd2), sigma * sigma_data / (s2 + sd2).sqrt(), 1.0 / (s2 + sd2).sqrt(), sigma.log() / 4.0
+
+
+def network_input(x: torch.Tensor, sigma: torch.Tensor, parameterization: str, sigma_data: float) -> torch.Tensor:
+    """The network's input for EDM-form ``x`` at noise level ``sigma`` (B,).
+
+    vp: ``x / sqrt(1 + sigma^2)`` (the VP sample, ``abar = 1 / (1 + sigma^2)``);
+    edm: ``c_in x = x / sqrt(sigma^2 + sigma_data^2)``; flow: ``x / (1 + sigma)``.
+    """
+    if parameterization == "vp":
+        return x / _bcast((1 + sigma**2).sqrt(), x)
+    if parameterization == "edm":
+        return x / _bcast((sigma**2 + sigma_data**2).sqrt(), x)
+    if parameterization == "flow":
+        return x / _bcast(1 + sigma, x)
+    raise ValueError(f"unknown parameterization {parameterization!r}")
+
+
+def denoised_from_output(
+    x: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor, parameterization: str, prediction_type: str, sigma_data: float
+) -> torch.Tensor:
+    """``x0_hat`` from the network output (all fp32); the conversions of docs/design.md section 1:
+
+    vp epsilon ``x - sigma eps``; vp v ``x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v``;
+    sample ``out``; edm ``c_skip x + c_out F`` (``c_out`` negated for v, as diffusers'
+    EDMEulerScheduler); flow ``x / (1 + sigma) - sigma / (1 + sigma) v``.
+    """
+    s = _bcast(sigma, x)
+    if prediction_type == "sample":
+        return out
+    if parameterization == "vp":
+        if prediction_type == "epsilon":
+            return x - s * out
+        if prediction_type == "v_prediction":
+            return x / (s**2 + 1) - s / (s**2 + 1).sqrt() * out
+    if parameterization == "edm":
+        c_skip, c_out = edm_coefficients(s, sigma_data)[:2]
+        if prediction_type == "epsilon":
+            return c_skip * x + c_out * out
+        if prediction_type == "v_prediction":
+            return c_skip * x - c_out * out
+    if parameterization == "flow" and prediction_type == "flow":
+        return x / (1 + s) - s / (1 + s) * out
+    raise ValueError(f"unsupported prediction type {prediction_type!r} for {parameterization!r}")
+
+
+def call_unet(unet, x_in: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
+    """One UNet call with the right conditioning keyword; returns fp32 output."""
+    dtype = next(unet.parameters()).dtype
+    kwargs = {}
+    if cond is not None:
+        if cond.dtype in (torch.int32, torch.int64):
+            kwargs["class_labels"] = cond
+        else:
+            kwargs["encoder_hidden_states"] = cond.to(dtype)
+    return unet(x_in.to(dtype), timestep, **kwargs).sample.float()
+
+
+def denoise(unet, x, sigma, timestep, cond, parameterization: str, prediction_type: str, sigma_data: float):
+    """``D(x, sigma, cond)``: EDM-form fp32 in and out; ``timestep`` (B,) is the network's time input."""
+    x = x.float()
+    out = call_unet(unet, network_input(x, sigma, parameterization, sigma_data), timestep, cond)
+    return denoised_from_output(x, sigma, out, parameterization, prediction_type, sigma_data)
+
+
+def karras_sigma(u: torch.Tensor, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
+    """Karras et al. 2022 (arXiv 2206.00364, Eq. 5): ``(smin^(1/rho) + u (smax^(1/rho) - smin^(1/rho)))^rho``
+    for ``u`` in [0, 1] (any shape; ascending in ``u``)."""
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (lo + u * (hi - lo)) ** rho
+
+
+def heun_sample(denoise_fn, x_T: torch.Tensor, sigmas: list[float], heun: bool = True) -> torch.Tensor:
+    """Deterministic EDM sampler (arXiv 2206.00364, Algorithm 1), in float64.
+
+    ``sigmas``: descending noise levels ending in 0; ``x_T``: unit noise (B, ...), scaled here
+    by ``sigmas[0]``; ``denoise_fn(x float64, sigma float) -> x0_hat float64``. Heun costs
+    ``2 n - 1`` evaluations for ``n = len(sigmas) - 1`` steps, Euler (``heun=False``) ``n``.
+    Returns float32.
+    """
+    x = x_T.double() * sigmas[0]
+    for s_cur, s_next in zip(sigmas[:-1], sigmas[1:]):
+        d_cur = (x - denoise_fn(x, s_cur)) / s_cur
+        x_next = x + (s_next - s_cur) * d_cur
+        if heun and s_next > 0:
+            d_next = (x_next - denoise_fn(x_next, s_next)) / s_next
+            x_next = x + (s_next - s_cur) * (0.5 * d_cur + 0.5 * d_next)
+        x = x_next
+    return x.float()
+
+
+def index_seed(seed: int, index: int) -> int:
+    """The 32-bit seed of image ``index`` under ``seed`` (torch's CPU generator keeps 32 bits of a
+    seed): distinct for every index of one seed; golden-ratio spacing keeps nearby seeds apart."""
+    return (int(seed) * 2654435761 + int(index)) % (2**32)
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """VAE latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1], fp32."""
+    return vae.decode(latents.to(vae.dtype) / scaling_factor).sample.float()

@@ -1,0 +1,113 @@
+"""A trainer's whole state as one checkpoint: networks, EMA, optimizers, RNG, counters, config.
+
+The tensors go to safetensors; the config, step, optimizer layout and counters to JSON in its
+metadata (``core.io``). ``check_resumable`` refuses a resume whose config differs in anything
+but the keys of ``RESUMABLE_CHANGES``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .. import config as config_mod
+from ..core.io import (
+    atomic_write_text,
+    load_safetensors,
+    pack_module,
+    pack_optimizer,
+    restore_rng,
+    rng_tensors,
+    unpack_module,
+    unpack_optimizer,
+)
+from ..core.rundir import STATS_FILE
+from ..errors import OnestepError
+
+FORMAT = "onestep-checkpoint-1"
+# Config keys that may differ between a run and its resumption.
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.progress",
+                     "train.keep_checkpoints", "train.retain_freed_memory"}
+
+
+def _optimizer(opt):
+    return opt.optimizer if hasattr(opt, "optimizer") else opt  # accelerate's wrapper
+
+
+def pack(trainer) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, JSON-able metadata) of ``trainer``'s state."""
+    tensors = {}
+    for name, module in trainer.modules_to_save().items():
+        tensors.update(pack_module(name, module))
+    layouts = {}
+    for name, opt in trainer.optimizers().items():
+        t, layout = pack_optimizer(name, _optimizer(opt))
+        tensors.update(t)
+        layouts[name] = layout
+    tensors.update(rng_tensors("rng", {"train": trainer.rng}))
+    scaler = trainer.acc.scaler
+    meta = {
+        "step": trainer.step,
+        "config": config_mod.to_dict(trainer.cfg),
+        "optimizers": layouts,
+        "counters": {"nonfinite_total": trainer.nonfinite_total, "overflow_total": trainer.overflow_total},
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "format": FORMAT,
+    }
+    return tensors, meta
+
+
+def restore(trainer, path: Path) -> None:
+    """Load ``path`` into ``trainer`` (after checking that its config allows the resume)."""
+    tensors, raw = load_safetensors(path)
+    meta = {k: json.loads(v) for k, v in raw.items()}
+    check_resumable(meta.get("config", {}), trainer.cfg, path)
+    for name, module in trainer.modules_to_save().items():
+        unpack_module(name, tensors, module)
+    for name, opt in trainer.optimizers().items():
+        unpack_optimizer(name, tensors, meta["optimizers"][name], _optimizer(opt))
+    restore_rng("rng", tensors, {"train": trainer.rng})
+    if meta.get("scaler") and trainer.acc.scaler is not None:
+        trainer.acc.scaler.load_state_dict(meta["scaler"])
+    trainer.step = int(meta["step"])
+    trainer.nonfinite_total = meta["counters"]["nonfinite_total"]
+    trainer.overflow_total = meta["counters"]["overflow_total"]
+
+
+def check_resumable(saved: dict, now: config_mod.Config, path: Path) -> None:
+    current = config_mod.to_dict(now)
+    try:  # keys added to the schema after the checkpoint was written take their defaults
+        saved = config_mod.to_dict(config_mod.from_dict(saved, stored=True))
+    except OnestepError:
+        pass
+    diffs = [k for k in _flat_diff(saved, current) if k not in RESUMABLE_CHANGES]
+    if diffs:
+        raise OnestepError(
+            f"cannot resume from {path}: the config differs in {', '.join(diffs[:5])}; "
+            f"use the run's own config.yaml or a new --output directory"
+        )
+
+
+def _flat_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        full = f"{prefix}{k}"
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _flat_diff(va, vb, full + ".")
+        elif va != vb:
+            out.append(full)
+    return out
+
+
+def truncate_stats(run_dir: Path, step: int) -> None:
+    """Drop log rows past ``step`` (written by a run killed after its last checkpoint)."""
+    path = Path(run_dir) / STATS_FILE
+    if not path.is_file():
+        return
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(rows):
+        atomic_write_text("".join(ln + "\n" for ln in kept), path)

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.onestep-installed
 DEMO   ?= runs/demo
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test lint keys clean-demo
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check onestep eval tests
+
+# regenerate the README's config-key table from the schema (tests/test_package.py checks it)
+keys: install
+	$(BIN)/python -m onestep.config.keys README.md
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -26,7 +26,6 @@ import torch
 
 from onestep import Trainer, build_trainer
 from onestep import config as config_mod
-from onestep.build import feature_shape
 from onestep.core.modules import frozen
 from onestep.core.tensors import cat_cond, to_device
 
@@ -108,8 +107,9 @@ def passes(tr: Trainer) -> dict:
         "fake fwd" + ("+bwd(x)" if method.fake_call.grad else ""): net_pass(fake, method.fake_call),
     }
     k = cfg.train.fake_steps_per_gen
-    feats_from = method.features if disc is not None else None
-    fake_batch = b * (3 if feats_from == "fake_score" else 1)
+    critic = method.critic
+    feats_from = method.features if critic is not None else None
+    fake_batch = b * (1 if feats_from != "fake_score" else 2 if critic.reuse_dsm else 3)
     xf = torch.randn(fake_batch, *shape, device=dev)
     sf = torch.full((fake_batch,), 1.0, device=dev)
     cf = cond if cond is None or feats_from != "fake_score" else torch.cat([cond] * 3)
@@ -126,20 +126,16 @@ def passes(tr: Trainer) -> dict:
                 for _ in range(k - 1):
                     gen(z, cond)
         out[f"generator fwd x{k - 1}"] = extra_gen
-    if disc is not None:
+    if feats_from == "teacher":  # the fake score's pass carries the features otherwise
         x2, s2 = torch.randn(2 * b, *shape, device=dev), torch.full((2 * b,), 1.0, device=dev)
         c2 = None if cond is None else torch.cat([cond, cond])
-        fshape = feature_shape(tr.teacher, dev)
 
         def disc_pass():
             for _ in range(k):
-                if feats_from == "teacher":
-                    with torch.no_grad(), ac():
-                        _, f = tr.teacher(x2, s2, c2, return_features=True)
-                else:
-                    f = torch.randn(2 * b, *fshape, device=dev)
-                disc(f, s2).square().mean().backward()
-        out["discriminator passes"] = disc_pass
+                with torch.no_grad(), ac():
+                    _, f = tr.teacher(x2, s2, c2, return_features=True)
+                disc(f).square().mean().backward()
+        out["teacher fwd + heads (discriminator)"] = disc_pass
     return out
 
 

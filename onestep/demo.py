@@ -19,9 +19,11 @@ from . import config as config_mod
 from .build import build_trainer
 from .core.images import save_grid
 from .core.io import atomic_write_text
-from .core.rundir import latest_checkpoint
+from .core.paths import new_output_dir
+from .core.rundir import latest_valid_checkpoint
 from .core.samplers import edm_sample, heun_steps_for_nfe, per_index_noise
 from .data.datasets import load_digits
+from .errors import OnestepError
 from .evaluation.fd import FDScorer
 from .evaluation.nfe import nfe_sweep, save_fd_plot, student_samples
 from .export import export_run
@@ -29,6 +31,9 @@ from .resources import DEMO_CONFIG
 from .runs import load_generator
 
 NFES = (1, 3, 7, 15, 31, 63)
+# what the demo writes into its output directory (anything else there is the user's: refused)
+DEMO_FILES = {"run", "pipeline", "pipeline.partial", "report.json", "report.md", "samples.png", "teacher.png",
+              "fd_vs_nfe.png", "teacher_sweep.json", "timings.json", ".report.json.tmp"}
 
 
 def _class_rows(num_classes: int, per_class: int) -> torch.Tensor:
@@ -41,11 +46,16 @@ def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: 
     out = Path(output)
     run = out / "run"
     cfg = config_mod.load(config, list(overrides))
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES)
+        if foreign:
+            raise OnestepError(f"{out} holds files that are not the demo's ({', '.join(foreign[:3])}); choose another "
+                               f"--output")
     out.mkdir(parents=True, exist_ok=True)
     timings = _read_json(out / "timings.json")
 
-    # 1. distill (resumes from the last checkpoint; a finished run is not retrained)
-    resume = latest_checkpoint(run)
+    # 1. distill (resumes from the last sound checkpoint; a finished run is not retrained)
+    resume = latest_valid_checkpoint(run)[0]
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, run)
     trainer.fit(resume=resume)
@@ -81,8 +91,8 @@ def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: 
                   out / "teacher.png", nrow=10)
     save_fd_plot(sweep, student, out / "fd_vs_nfe.png")
 
-    # 4. export
-    export_run(run, out / "pipeline", ema=use_ema)
+    # 4. export (replacing the demo's own earlier export)
+    export_run(run, new_output_dir(out / "pipeline", "the demo's pipeline", overwrite=True), ema=use_ema)
 
     report = {
         "objective": student["objective"],
@@ -108,7 +118,11 @@ def _objective_label(cfg) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A cache file of the demo's own; unreadable (a torn write) counts as absent and is remade."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
 
 
 def _markdown(r: dict) -> str:

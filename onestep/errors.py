@@ -3,3 +3,7 @@
 
 class OnestepError(Exception):
     """A user-facing error. The CLI prints ``onestep: error: <message>`` and exits 2."""
+
+
+class OnestepWarning(UserWarning):
+    """A user-facing warning; the CLI prints it as ``onestep: warning: <message>``."""

@@ -34,17 +34,25 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tupl
     run_dir = Path(run_dir)
     path = resolve_checkpoint(run_dir)
     tensors, raw = load_safetensors(path)
-    cfg = config_mod.from_dict(json.loads(raw["config"]), stored=True)
+    try:
+        cfg = config_mod.from_dict(json.loads(raw["config"]), stored=True)
+        step = int(json.loads(raw["step"]))
+    except (KeyError, ValueError):
+        raise OnestepError(f"{path} is not an onestep checkpoint (no config and step in its metadata)") from None
     spec_file = run_dir / NETWORK_FILE
     if not spec_file.is_file():
         raise OnestepError(f"{spec_file} is missing; the run directory is incomplete")
-    network = build_network(json.loads(spec_file.read_text()))
+    try:
+        spec = json.loads(spec_file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise OnestepError(f"{spec_file} is not valid JSON; the run directory is damaged") from None
+    network = build_network(spec)
     generator = OneStepGenerator(network, cfg.generator.sigma_init)
     prefix = "ema" if ema else "generator"
     if ema and not any(k.startswith("ema.") for k in tensors):
         raise OnestepError(f"run {run_dir} has no EMA weights (train.ema_halflife_kimg was 0); drop --ema")
     unpack_module(prefix, tensors, generator)
-    return generator.to(device).eval().requires_grad_(False), cfg, int(json.loads(raw["step"]))
+    return generator.to(device).eval().requires_grad_(False), cfg, step
 
 
 def auxiliary_components(network, cfg) -> dict:

@@ -32,12 +32,14 @@ def _run(cmd, env_extra=None):
     return proc
 
 
-def _seed_teacher(small_teacher, run):
+def _seed_teacher(cfg_path, run):
     """Both runs read the same fitted teacher network (as a resumed run would)."""
-    from onestep.core.io import atomic_save
+    from onestep import load_config
+    from onestep.build import build_teacher
 
     run.mkdir(parents=True, exist_ok=True)
-    atomic_save(small_teacher.network.state_dict(), run / TEACHER_NETWORK_FILE)
+    build_teacher(load_config(cfg_path), run, progress=False)
+    assert (run / TEACHER_NETWORK_FILE).is_file()
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
@@ -45,7 +47,7 @@ def test_two_processes_equal_one(tmp_path, small_teacher, grad_accum):
     cfg = _config(tmp_path, grad_accum=grad_accum)
     one, two = tmp_path / "one", tmp_path / "two"
     for run in (one, two):
-        _seed_teacher(small_teacher, run)
+        _seed_teacher(cfg, run)
     _run([sys.executable, "-m", "onestep", "distill", "--config", str(cfg), "--output", str(one), "--resume", "latest"])
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
           "-m", "onestep", "distill", "--config", str(cfg), "--output", str(two), "--resume", "latest"])

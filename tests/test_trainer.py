@@ -113,25 +113,34 @@ def test_single_nonfinite_step_is_skipped_and_counted(tmp_path, small_teacher):
 
 
 @pytest.mark.parametrize("features", ["teacher", "fake_score"])
-def test_gan_with_its_own_sigmas_reads_only_those(tmp_path, small_teacher, features):
-    """discriminator.sigma_sampler: the GAN term and the discriminator's training see only those noise levels."""
+def test_gan_at_the_discriminators_sigmas_reads_only_those(tmp_path, small_teacher, features):
+    """gan.sigma: discriminator: the GAN term and the discriminator's loss draw their noise levels
+    from discriminator.sigma_sampler only; the objective keeps its own."""
     from onestep.core.schedule import karras_sigmas
 
-    cfg = small_config(**{"objective.name": "sid", "gan.weight": 0.1, "discriminator.features": features,
+    cfg = small_config(**{"objective.name": "sid", "gan.weight": 0.1, "gan.sigma": "discriminator",
+                          "discriminator.features": features, "discriminator.noise": "independent",
                           "discriminator.sigma_sampler": "karras", "discriminator.sigma_range": [0.9, 1.0]})
     tr = build_trainer(cfg, tmp_path, teacher=small_teacher)
-    seen = []
-    tr.method.nets.plain_discriminator.register_forward_pre_hook(lambda m, args: seen.append(args[1].detach()))
+    calls = []
+    draw = tr.draws.sigma
+
+    def recording(name, sigma_range=None):
+        out = draw(name, sigma_range)
+        calls.append((name, sigma_range, out))
+        return out
+
+    tr.draws.sigma = recording
     before = _snapshot(tr.generator)
     tr.iteration()
-    sigmas = torch.cat(seen)
     grid = karras_sigmas(11, cfg.schedule)  # grid[9] is u = 0.9 of the Karras schedule
-    k = cfg.train.fake_steps_per_gen  # the generator step, then k head steps on fake + real
-    assert len(seen) == 1 + k and sigmas.numel() == (1 + 2 * k) * cfg.train.batch_size
-    assert float(sigmas.min()) >= float(grid[9]) * 0.999
+    ours = [s for name, r, s in calls if r == (0.9, 1.0)]
+    k = cfg.train.fake_steps_per_gen  # the GAN term, then real and fake sigmas of k discriminator steps
+    assert len(ours) == 1 + 2 * k
+    assert float(torch.cat(ours).min()) >= float(grid[9]) * 0.999
+    assert [name for name, r, _ in calls if r != (0.9, 1.0)] == ["karras"] + ["lognormal"] * k  # objective, fake loss
     # the GAN term moves the generator: the same step without it differs
-    gan_step = _changed(before, tr.generator)
-    assert gan_step
+    assert _changed(before, tr.generator)
     plain = build_trainer(small_config(**{"objective.name": "sid", "gan.weight": 0.0}), tmp_path / "plain",
                           teacher=small_teacher)
     plain.generator_step()
@@ -140,7 +149,7 @@ def test_gan_with_its_own_sigmas_reads_only_those(tmp_path, small_teacher, featu
     assert any(not torch.allclose(a[k], b[k]) for k in a)
 
 
-def test_gan_sigmas_are_refused_where_the_discriminator_is_the_ratio():
-    with pytest.raises(OnestepError, match="discriminator.sigma_sampler"):
-        small_config(**{"objective.name": "f_distill", "objective.f": "js", "gan.weight": 0.01,
-                        "discriminator.sigma_sampler": "lognormal"})
+def test_mean_head_is_refused_on_frozen_teacher_features():
+    with pytest.raises(OnestepError, match="discriminator.head"):
+        small_config(**{"objective.name": "dmd", "gan.weight": 0.01, "discriminator.features": "teacher",
+                        "discriminator.head": "mean"})

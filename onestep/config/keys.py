@@ -43,3 +43,25 @@ def key_table() -> str:
 def objective_parameters() -> dict[str, list[str]]:
     """Each registered objective's parameter names (for error messages and docs)."""
     return {name: [f.name for f in dataclasses.fields(spec.params)] for name, spec in REGISTRY.items()}
+
+
+START, END = "<!-- keys:start -->", "<!-- keys:end -->"
+
+
+def update_readme(path) -> bool:
+    """Rewrite the key table between the README's markers; returns whether it changed."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text()
+    i, j = text.index(START) + len(START), text.index(END)
+    new = text[:i] + "\n" + key_table() + "\n" + text[j:]
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":  # python -m onestep.config.keys README.md
+    import sys
+
+    print("updated" if update_readme(sys.argv[1]) else "up to date")

@@ -15,7 +15,7 @@ import yaml
 from ..core import schema
 from ..errors import OnestepError
 from .objective import build_objective
-from .sections import Config
+from .sections import RECIPE_DEFAULTS, Config
 
 # Keys renamed in 0.2 (old -> new); the old spelling works for one release with a warning.
 RENAMED = {
@@ -169,17 +169,24 @@ def _check_range(sampler: str | None, value: list[float] | None, key_name: str) 
         raise OnestepError(f"config key '{key_name}': the lognormal sampler takes no range")
 
 
+def apply_recipe(config: Config, recipe: dict) -> None:
+    """Fill null ``gan`` / ``discriminator`` keys from the objective's recipe, else ``RECIPE_DEFAULTS``."""
+    for name, default in {**RECIPE_DEFAULTS, **recipe}.items():
+        section, key_name = name.split(".")
+        target = getattr(config, section)
+        if getattr(target, key_name) is None:
+            setattr(target, key_name, default)
+
+
 def validate(config: Config) -> None:
     """Relations between sections; each failure names the key and what to do."""
-    spec, params = config.objective.resolve()
+    spec, _ = config.objective.resolve()
     o, d = config.objective, config.discriminator
     _check_range(o.sigma_sampler or spec.sigma_sampler, o.sigma_range, "objective.sigma_range")
     if d.sigma_range is not None and d.sigma_sampler is None:
         raise OnestepError("config key 'discriminator.sigma_range' needs discriminator.sigma_sampler")
+    apply_recipe(config, spec.recipe)
     _check_range(d.sigma_sampler, d.sigma_range, "discriminator.sigma_range")
+    d.check("discriminator")
     if spec.requires_gan and config.gan.weight <= 0:
         raise OnestepError(f"objective '{spec.name}' needs the GAN term: set gan.weight > 0 (e.g. 1e-2)")
-    if d.sigma_sampler is not None and spec.needs_ratio(params):
-        raise OnestepError(
-            f"config key 'discriminator.sigma_sampler': objective.f={params.f} reads the density ratio from "
-            f"the discriminator at the objective's sigmas; drop discriminator.sigma_sampler or use f: rkl")

@@ -25,6 +25,8 @@ class TeacherConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = key("float32", "weight dtype of the frozen teacher")
     prompts: str | None = key(None, "text-to-image: prompts file, one per line", nonempty=True)
     guidance_scale: float = key(1.0, "text-to-image: the teacher's classifier-free guidance", ge=0)
+    trust_remote_code: bool = key(False, "diffusers: run Python code the pipeline directory ships (only if you "
+                                         "trust its author; otherwise only diffusers/transformers classes load)")
 
     def check(self, prefix: str) -> None:
         if self.kind == "gmm":
@@ -62,25 +64,55 @@ class GeneratorConfig:
 
 @dataclass
 class GanConfig:
-    """The generator's adversarial term on the discriminator's logit (section ``discriminator``)."""
+    """The generator's adversarial term on the discriminator's logits (non-saturating)."""
 
-    weight: float = key(0.0, "weight of the non-saturating GAN term in the generator loss (0: off)", ge=0)
+    weight: float | None = key(
+        None, "weight of the GAN term in the generator loss (0: off; null: the objective's recipe, else 0)", ge=0)
+    sigma: Literal["objective", "discriminator"] | None = key(
+        None, "where it reads the discriminator: at the objective's x_t, divided by the objective's per-sample "
+              "normaliser like its loss (SiDA), or at fresh noise of the discriminator's sigmas (DMD2) "
+              "(null: the objective's recipe, else discriminator)")
 
 
 @dataclass
 class DiscriminatorConfig:
-    """The discriminator: the density ratio of f-distill / Uni-Instruct and the GAN term's logit.
-    Built only when an objective needs the ratio or ``gan.weight > 0``."""
+    """The discriminator: the density ratio of f-distill / Uni-Instruct and the GAN term's logits.
+    Built only when the objective needs the ratio or the GAN term is on. Null keys take the
+    objective's recipe (``onestep objectives``), else the defaults in parentheses."""
 
     features: Literal["teacher", "fake_score"] | None = key(
-        None, "feature source: the frozen teacher or the fake score's encoder (null: the objective's default)")
-    hidden: int = key(128, "width of the head", ge=1)
-    loss_weight: float = key(1e-2, "weight of its loss next to the fake-score loss (shared optimizer)", ge=0)
-    r1_weight: float = key(0.0, "R1 penalty on real samples", ge=0)
-    lr: float | None = key(None, "learning rate of its parameters (null: train.lr_fake)", gt=0)
+        None, "features of the frozen teacher or of the trainable fake score's encoder (null: recipe, else fake_score)")
+    taps: Literal["mid", "encoder"] | None = key(
+        None, "which features: the bottleneck, or one map per resolution plus the bottleneck (null: recipe, else encoder)")
+    head: Literal["conv", "mean"] | None = key(
+        None, "conv heads (DMD2, FastGen) or the features' channel mean per location (SiDA) (null: recipe, else conv)")
+    hidden: int = key(64, "width of the conv heads", ge=1)
     sigma_sampler: SigmaSampler | None = key(
-        None, "noise levels of the GAN term and of its training (null: the objective's; not with a learned ratio)")
+        None, "noise levels of its loss (null: recipe, else lognormal)")
     sigma_range: list[float] | None = key(None, "range of that sampler (as objective.sigma_range)", length=2, ge=0)
+    weighting: Literal["none", "edm"] | None = key(
+        None, "per-sample weight of its loss: 1, or EDM's lambda(sigma) (SiDA) (null: recipe, else none)")
+    noise: Literal["shared", "independent"] | None = key(
+        None, "real and fake samples at the same sigma and noise (SiDA) or independent ones (DMD2) "
+              "(null: recipe, else shared)")
+    loss_weight: float | None = key(
+        None, "weight of its loss next to the fake-score loss (one optimizer step) (null: recipe, else 1)", ge=0)
+    r1_weight: float = key(0.0, "R1 penalty on real samples", ge=0)
+    lr: float | None = key(None, "learning rate of its heads (null: train.lr_fake)", gt=0)
+
+    def check(self, prefix: str) -> None:
+        if self.head == "mean" and self.features == "teacher":
+            raise OnestepError(f"config keys '{prefix}.head' and '{prefix}.features': the parameter-free mean head "
+                               f"cannot learn on the frozen teacher's features; use head: conv or features: fake_score")
+
+
+# What a null discriminator / gan key means when the objective's recipe says nothing.
+RECIPE_DEFAULTS = {
+    "gan.weight": 0.0, "gan.sigma": "discriminator",
+    "discriminator.features": "fake_score", "discriminator.taps": "encoder", "discriminator.head": "conv",
+    "discriminator.sigma_sampler": "lognormal", "discriminator.weighting": "none",
+    "discriminator.noise": "shared", "discriminator.loss_weight": 1.0,
+}
 
 
 @dataclass

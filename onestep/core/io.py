@@ -26,10 +26,14 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill signal: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -37,11 +41,15 @@ def atomic_write_text(text: str, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -80,7 +88,11 @@ def pack_module(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]
 
 def unpack_module(prefix: str, tensors: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
     sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-    missing, unexpected = module.load_state_dict(sub, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(sub, strict=False)
+    except RuntimeError:  # tensors of another shape
+        raise OnestepError(f"checkpoint does not match the model for '{prefix}' (tensors of other shapes); "
+                           f"was the network or config changed?") from None
     if missing or unexpected:
         raise OnestepError(
             f"checkpoint does not match the model for '{prefix}' "
@@ -145,6 +157,7 @@ def safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
 
 def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
     """Write a diffusers pipeline as a directory that loads without ``onestep``, atomically.
+    The caller checks ``output`` first (``core.paths.new_output_dir``).
 
     ``save_pretrained`` output (safetensors), the bundled ``pipeline.py`` (``portable.bundle``)
     and a ``model_index.json`` naming the class in it; ``write_extra(tmp_dir)`` adds files
@@ -152,7 +165,8 @@ def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
     """
     output = Path(output)
     tmp = output.with_name(output.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_dir():  # the leftover of an interrupted write (paths.new_output_dir checked it)
+        shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
     (tmp / "pipeline.py").write_text(bundle())
     index_path = tmp / "model_index.json"
@@ -161,7 +175,11 @@ def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
     index_path.write_text(json.dumps(index, indent=2))
     if write_extra is not None:
         write_extra(tmp)
-    if output.exists():
-        shutil.rmtree(output)
+    old = output.with_name(output.name + ".replaced")
+    if output.exists():  # an earlier output of the same kind (--overwrite): swapped out, then removed
+        output.rename(old)
     tmp.rename(output)
+    if old.exists():
+        shutil.rmtree(old)
+    _fsync_dir(output.parent)
     return output

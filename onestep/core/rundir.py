@@ -7,13 +7,20 @@
 <run>/checkpoints/step-XXXXXXXX.safetensors
 <run>/teacher_cache.safetensors    teacher ODE samples and their noise (data-free "real" side, regression pairs)
 <run>/teacher_network.safetensors  the MLP fitted to an analytic teacher
+<run>/.onestep.lock                held by the process distilling into the run
 ```
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import re
 from pathlib import Path
+
+from ..errors import OnestepError
+from .io import safetensors_header
 
 CONFIG_FILE = "config.yaml"
 NETWORK_FILE = "network.json"
@@ -21,7 +28,9 @@ STATS_FILE = "stats.jsonl"
 CKPT_DIR = "checkpoints"
 CACHE_FILE = "teacher_cache.safetensors"
 TEACHER_NETWORK_FILE = "teacher_network.safetensors"
+LOCK_FILE = ".onestep.lock"
 _PATTERN = re.compile(r"^step-(\d{8})\.safetensors$")
+_TMP = re.compile(r"^\..+\.\d+\.tmp$")  # core.io's temporary names
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -46,7 +55,84 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+CHECKPOINT_FORMATS = ("onestep-checkpoint-1", "onestep-checkpoint-2")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable onestep checkpoint (None if it looks sound): unreadable,
+    torn, or without onestep's metadata."""
+    try:
+        _, meta = safetensors_header(path)
+    except OnestepError as exc:
+        return str(exc)
+    try:
+        fmt = json.loads(meta.get("format", "null"))
+        json.loads(meta["config"]), json.loads(meta["step"]), json.loads(meta["optimizers"])
+    except (KeyError, ValueError):
+        return f"{path} is not an onestep checkpoint (its metadata lacks the run's config, step or optimizer state)"
+    if fmt not in CHECKPOINT_FORMATS:
+        return f"{path} has an unknown checkpoint format {fmt!r} (this onestep reads {', '.join(CHECKPOINT_FORMATS)})"
+    return None
+
+
+def latest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest sound checkpoint, and the newer ones skipped with the reason."""
+    skipped = []
+    for _, path in reversed(list_checkpoints(run_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints."""
     for _, path in list_checkpoints(run_dir)[:-keep]:
         path.unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``fcntl.flock`` on ``<run>/.onestep.lock``) for the
+    life of one distillation: a second process on the same directory is refused instead of
+    interleaving checkpoints and logs. The kernel drops the lock when the process ends."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fh = None
+
+    def acquire(self) -> RunLock:
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise OnestepError(f"{self.path.parent} is in use by another onestep process (pid {holder}); wait for "
+                               f"it to finish or choose another --output") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        remove_stale_temporaries(self.path.parent)
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
+
+
+def remove_stale_temporaries(run_dir) -> list[Path]:
+    """Delete our own temporary files (``.<name>.<pid>.tmp``) left by killed writes; call with the
+    run's lock held, when no other writer can be active. Returns what was removed."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR):
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if _TMP.match(f.name) and f.is_file():
+                    f.unlink(missing_ok=True)
+                    removed.append(f)
+    return removed

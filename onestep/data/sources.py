@@ -58,9 +58,10 @@ class TeacherSampleCache:
     """
 
     def __init__(self, teacher, size: int, steps: int, batch_size: int, seed: int, schedule: ScheduleConfig,
-                 path: Path | None = None, device="cpu", progress: bool = True):
+                 path: Path | None = None, device="cpu", progress: bool = True, tag: str = ""):
         self.teacher, self.size, self.steps, self.batch_size = teacher, size, steps, batch_size
         self.seed, self.schedule, self.path, self.device, self.progress = seed, schedule, path, device, progress
+        self.tag = tag  # what the samples were made from: a stored cache with another tag is remade
         self._source: TensorSource | None = None
         self.noise: torch.Tensor | None = None
 
@@ -76,11 +77,12 @@ class TeacherSampleCache:
 
     def _ready(self) -> TensorSource:
         if self._source is None:
-            tensors = load_safetensors(self.path)[0] if self.path is not None and self.path.is_file() else {}
-            if "noise" not in tensors:  # absent, or written before the noise was kept: (re)make it
+            tensors, meta = load_safetensors(self.path) if self.path is not None and self.path.is_file() else ({}, {})
+            stale = self.tag and meta.get("tag", self.tag) != self.tag  # (untagged caches predate the tags)
+            if "noise" not in tensors or stale or len(tensors["x"]) == 0:  # absent, old, or made otherwise
                 tensors = self._make()
                 if self.path is not None:
-                    atomic_save(tensors, self.path)
+                    atomic_save(tensors, self.path, {"tag": self.tag})
             self.noise = tensors["noise"]
             self._source = TensorSource(tensors["x"], tensors.get("labels"), self.teacher.cond_for)
         return self._source
@@ -97,3 +99,35 @@ class TeacherSampleCache:
         idx = torch.randint(0, len(source), (n,), generator=rng)
         x, cond = source.take(idx)
         return self.noise[idx], x, cond
+
+
+class Part:
+    """A fixed share of a source's samples (drawn from like the source): the discriminator trains
+    on ``train`` and is checked on ``holdout``. Lazy: a teacher cache is made on first use."""
+
+    def __init__(self, source, holdout: bool, fraction: float, seed: int):
+        self.source, self.holdout, self.fraction, self.seed = source, holdout, fraction, seed
+        self._view: TensorSource | None = None
+
+    def _ready(self) -> TensorSource:
+        if self._view is None:
+            full = self.source._ready() if hasattr(self.source, "_ready") else self.source
+            perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.seed))
+            cut = max(1, int(round(len(full) * self.fraction)))
+            idx = perm[:cut] if self.holdout else perm[cut:]
+            x, cond_labels = full.x[idx], (full.labels[idx] if full.labels is not None else None)
+            self._view = TensorSource(x, cond_labels, full.cond_fn)
+        return self._view
+
+    def __len__(self) -> int:
+        return len(self._ready())
+
+    def draw(self, n: int, rng: torch.Generator):
+        return self._ready().draw(n, rng)
+
+
+def split_holdout(source, fraction: float = 0.1, seed: int = 0):
+    """(train, holdout) shares of a finite source; an exact sampler holds out its fresh draws."""
+    if isinstance(source, ExactSamples):
+        return source, source
+    return Part(source, False, fraction, seed), Part(source, True, fraction, seed)

@@ -21,15 +21,16 @@ from ..core.modules import frozen
 from ..core.tensors import cat_cond, expand
 from ..objectives import (
     ObjectiveInputs,
-    discriminator_loss,
     divergence_weights,
     f_weights,
     fake_score_loss,
     generator_gan_loss,
-    r1_penalty,
+    per_sample_norm,
+    ratio_logit,
     regression_loss,
 )
 from ..objectives.registry import FAKE, TEACHER
+from .critic import CriticLoss
 from .draws import GlobalDraws
 
 AutocastFactory = Callable[[], contextlib.AbstractContextManager]
@@ -40,7 +41,7 @@ class NetworkCall:
     """How the generator step calls a frozen network at ``x_t``, decided once per run."""
 
     grad: bool  # the generator's gradient flows through the network's input
-    features: bool  # also return its feature tap (the discriminator reads it)
+    features: bool  # also return its feature taps (the discriminator reads them)
 
 
 @dataclass
@@ -72,19 +73,19 @@ class Distillation:
         self.cfg, self.teacher, self.nets, self.real, self.pairs = config, teacher, nets, real, pairs
         self.reduce_sum = reduce_sum
         self.spec, self.params = config.objective.resolve()
-        o, d = config.objective, config.discriminator
+        o = config.objective
         self.sigma_sampler = (o.sigma_sampler or self.spec.sigma_sampler, _range(o.sigma_range))
         self.fake_sampler = self.sigma_sampler if o.fake_sigma_sampler == "generator" else ("lognormal", None)
-        self.gan_sampler = (d.sigma_sampler, _range(d.sigma_range)) if d.sigma_sampler else None
         self.use_ratio = self.spec.needs_ratio(self.params)
         self.use_gan = config.gan.weight > 0
         self.use_regression = config.regression.weight > 0
-        self.features = d.features or self.spec.discriminator_features
-        warmup = o.ratio_warmup
-        self.ratio_warmup = warmup if warmup is not None else config.train.steps // 10
-        # The discriminator reads features at the objective's x_t for the ratio, and for the GAN
-        # term unless that has its own sigmas; the GAN term needs gradients through them.
-        self.gan_at_xt = self.use_gan and self.gan_sampler is None
+        self.ratio_warmup = o.ratio_warmup if o.ratio_warmup is not None else config.train.steps // 10
+        self.critic = CriticLoss(config, teacher, nets, self.fake_sampler) if nets.discriminator is not None else None
+        self.features = config.discriminator.features
+        # The discriminator reads the features at the objective's x_t for the ratio, and for the
+        # GAN term when that sits there (gan.sigma: objective); the GAN term needs gradients
+        # through the network it reads.
+        self.gan_at_xt = self.use_gan and config.gan.sigma == "objective"
         tap = self.features if (self.gan_at_xt or self.use_ratio) else None
         through = self.spec.grad_through
         self.teacher_call = NetworkCall(TEACHER in through or (self.gan_at_xt and tap == TEACHER), tap == TEACHER)
@@ -117,19 +118,22 @@ class Distillation:
             x_t = x_g + expand(sigma, x_g) * noise
             Dr, feats_r = _call(self.teacher, self.teacher_call, x_t, sigma, cond)
             Df, feats_f = _call(self.nets.plain_fake_score, self.fake_call, x_t, sigma, cond)
-            logit = None
+            logits = None
             if self.discriminator_at_xt:
                 feats = feats_r if self.features == TEACHER else feats_f
-                logit = self.nets.plain_discriminator(feats if self.gan_at_xt else feats.detach(), sigma)
-            logit_gan = logit if self.gan_at_xt else self._gan_logit(x_g, cond, draws)
-        weights = self._weights(logit, sigma, step)
+                logits = self.nets.plain_discriminator(feats if self.gan_at_xt else [f.detach() for f in feats])
+            logits_gan = logits if self.gan_at_xt else self._gan_logits(x_g, cond, draws)
+        weights = self._weights(logits, sigma, step)
         through = self.spec.grad_through
         inputs = ObjectiveInputs(x_g=x_g, sigma=sigma, Dr=Dr if TEACHER in through else Dr.detach(),
                                  Df=Df if FAKE in through else Df.detach(), weights=weights)
         loss = self.spec.fn(inputs, self.params).mean()
         total = loss
         if self.use_gan:
-            gan = generator_gan_loss(logit_gan).mean()
+            gan = generator_gan_loss(logits_gan)
+            if self.gan_at_xt:  # joins the objective's per-sample loss, normalised alike (SiDA)
+                gan = gan / per_sample_norm(x_g, Dr, getattr(self.params, "weight_norm", "none"))
+            gan = gan.mean()
             total = total + self.cfg.gan.weight * gan
             stats["loss_gan"] = gan.item()
         if self.use_regression:
@@ -149,24 +153,24 @@ class Distillation:
         x_all = self.nets.generator(torch.cat([z, z_pair]), cat_cond(cond, cond_pair)).float()
         return x_all[: len(z)], x_all[len(z):]
 
-    def _gan_logit(self, x_g, cond, draws: GlobalDraws):
-        """The discriminator's logit at ``x_g`` noised to the GAN's own sigmas (None without a GAN term)."""
+    def _gan_logits(self, x_g, cond, draws: GlobalDraws):
+        """The discriminator's logits at ``x_g`` noised to its own sigmas (None without a GAN term)."""
         if not self.use_gan:
             return None
-        sigma = draws.sigma(*self.gan_sampler)
+        sigma = draws.sigma(*self.critic.sampler)
         x_gan = x_g + expand(sigma, x_g) * draws.randn(*x_g.shape[1:])
         net = self.teacher if self.features == TEACHER else self.nets.plain_fake_score
         _, feats = _call(net, NetworkCall(grad=True, features=True), x_gan, sigma, cond)
-        return self.nets.plain_discriminator(feats, sigma)
+        return self.nets.plain_discriminator(feats)
 
-    def _weights(self, logit, sigma, step: int):
-        """f-divergence weights from the logit (reverse KL during the warm-up); None without a ratio."""
+    def _weights(self, logits, sigma, step: int):
+        """f-divergence weights from the logits (reverse KL during the warm-up); None without a ratio."""
         if not self.use_ratio:
             return None
         if step < self.ratio_warmup:
             return f_weights("rkl", torch.zeros_like(sigma))
-        return divergence_weights(logit.detach(), sigma, self.params.f, self.params.f_alpha, self.params.ratio,
-                                  self.cfg.schedule, self.reduce_sum)
+        return divergence_weights(ratio_logit(logits.detach()), sigma, self.params.f, self.params.f_alpha,
+                                  self.params.ratio, self.cfg.schedule, self.reduce_sum)
 
     # ------------------------------------------------------------------ fake score + discriminator
 
@@ -184,51 +188,16 @@ class Distillation:
         sigma = draws.sigma(*self.fake_sampler)
         noise = draws.randn(*shape)
         x_dn = x_g + expand(sigma, x_g) * noise
-        disc = self.nets.discriminator is not None
         with autocast():
-            terms = self._discriminator_inputs(x_g, cond, draws) if disc else None
-            if disc and self.features == FAKE:  # one fake-score pass: its loss and the features
-                x_h, sigma_h, cond_h = terms[:3]
-                d_all, feats = self.nets.fake_score(torch.cat([x_dn, x_h]), torch.cat([sigma, sigma_h]),
-                                                    cat_cond(cond, cond_h), return_features=True)
-                D, feats = d_all[: len(x_dn)].float(), feats[len(x_dn):]
+            if self.critic is None:
+                D = self.nets.fake_score(x_dn, sigma, cond).float()
+                critic_loss = None
             else:
-                D, feats = self.nets.fake_score(x_dn, sigma, cond).float(), None
+                D, critic_loss = self.critic(x_g, x_dn, sigma, noise, cond, draws, self.real, stats)
             loss_f = fake_score_loss(D, x_g, sigma, self.teacher.sigma_data).mean()
-            total = loss_f
-            if disc:
-                loss_d, r1 = self._discriminator_loss(terms, feats)
-                d_cfg = self.cfg.discriminator
-                total = total + d_cfg.loss_weight * (loss_d + d_cfg.r1_weight * r1)
-                stats["loss_disc"] = loss_d.item()
+            total = loss_f if critic_loss is None else loss_f + critic_loss
         stats["loss_f"] = loss_f.item()
         return total, stats
-
-    def _discriminator_inputs(self, x_g, cond, draws: GlobalDraws):
-        """Noised fake and real samples at the discriminator's sigmas (the objective's unless
-        ``discriminator.sigma_sampler``), stacked: (x (2B), sigma (2B), cond, B, x_real)."""
-        b = x_g.shape[0]
-        sigma = draws.sigma(*(self.gan_sampler or self.sigma_sampler))
-        real, cond_real = draws.real(self.real)
-        n_fake = draws.randn(*x_g.shape[1:])
-        n_real = draws.randn(*x_g.shape[1:])
-        x_fake = x_g + expand(sigma, x_g) * n_fake
-        x_real = real + expand(sigma, real) * n_real
-        if self.cfg.discriminator.r1_weight > 0:
-            x_real = x_real.detach().requires_grad_(True)
-        return torch.cat([x_fake, x_real]), torch.cat([sigma, sigma]), cat_cond(cond, cond_real), b, x_real
-
-    def _discriminator_loss(self, terms, feats):
-        """Logistic loss (+ R1 on the real side); feats None: read the frozen teacher's."""
-        x_h, sigma_h, cond_h, b, x_real = terms
-        r1_on = self.cfg.discriminator.r1_weight > 0
-        if feats is None:
-            with contextlib.nullcontext() if r1_on else torch.no_grad():
-                _, feats = self.teacher(x_h, sigma_h, cond_h, return_features=True)
-        logits = self.nets.discriminator(feats, sigma_h)
-        loss = discriminator_loss(logits[b:], logits[:b]).mean()
-        r1 = r1_penalty(logits[b:], x_real).mean() if r1_on else torch.zeros((), device=loss.device)
-        return loss, r1
 
 
 def _range(value):
@@ -236,10 +205,11 @@ def _range(value):
 
 
 def _call(net, how: NetworkCall, x_t, sigma, cond):
-    """(x0_hat fp32, features or None) of ``net`` at ``x_t``, with or without gradient to ``x_t``."""
+    """(x0_hat fp32, feature taps or None) of ``net`` at ``x_t``, with or without gradient to ``x_t``."""
     with contextlib.nullcontext() if how.grad else torch.no_grad():
         x_in = x_t if how.grad else x_t.detach()
         if how.features:
             d, f = net(x_in, sigma, cond, return_features=True)
             return d.float(), f
         return net(x_in, sigma, cond).float(), None
+

@@ -51,7 +51,13 @@ def load_images(source) -> torch.Tensor:
         return source.float()
     path = Path(source)
     if path.is_file() and path.suffix == ".npy":
-        return torch.from_numpy(np.load(path)).float()
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError:
+            raise OnestepError(f"{path} holds Python objects (a pickle); onestep reads numeric arrays only") from None
+        if not (np.issubdtype(array.dtype, np.number) and array.ndim == 4):
+            raise OnestepError(f"{path}: expected a numeric (N, C, H, W) array, got {array.dtype} {array.shape}")
+        return torch.from_numpy(array).float()
     if path.is_dir():
         from PIL import Image
 

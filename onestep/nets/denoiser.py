@@ -19,11 +19,16 @@ CondKind = Literal["none", "class", "text"]
 
 class Denoiser(nn.Module):
     """``forward(x (B, *sample_shape), sigma (B,), cond=None, return_features=False)``
-    -> x0_hat (B, *sample_shape) fp32, or (x0_hat, features) with ``return_features``.
+    -> x0_hat (B, *sample_shape) fp32, or (x0_hat, features) with ``return_features``:
+    ``features`` is a list of feature maps (B, C, H, W) or vectors (B, C), the taps
+    ``feature_taps`` selects (``mid``: the bottleneck; ``encoder``: one per resolution, then the
+    bottleneck).
 
     ``cond``: None (``cond_kind == "none"``), class labels (B,) long (``"class"``), or prompt
     embeddings (B, L, D) (``"text"``).
     """
+
+    feature_taps: Literal["mid", "encoder"] = "mid"
 
     sample_shape: tuple[int, ...]
     sigma_data: float = 0.5

@@ -22,9 +22,15 @@ FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 
 
-def _store_features(module, inputs, output):
-    """Forward hook on the UNet's mid block: keep its output for a discriminator."""
+def _store_mid(module, inputs, output):
+    """Forward hook on the mid block: keep its output (B, C, h, w) for a discriminator."""
     module._onestep_features = output[0] if isinstance(output, tuple) else output
+
+
+def _store_down(module, inputs, output):
+    """Forward hook on a down block: keep its last state before downsampling (B, C, H, W)."""
+    states = output[1]
+    module._onestep_features = states[-2] if getattr(module, "downsamplers", None) else states[-1]
 
 
 def parameterization_of(scheduler) -> dict:
@@ -59,7 +65,9 @@ class DiffusersDenoiser(Denoiser):
 
     forward(x (B, C, H, W), sigma (B,), cond) -> x0_hat (B, C, H, W) fp32; cond is class
     labels (B,) long, prompt embeddings (B, L, D), or None. ``return_features=True`` also
-    returns the mid-block output (B, C', h, w). ``latent``: the samples are a VAE's latents.
+    returns the feature taps: ``[mid-block output (B, C', h, w)]`` (``feature_taps = "mid"``) or
+    every down block's last state before downsampling, one per resolution, then the mid block
+    (``"encoder"``). ``latent``: the samples are a VAE's latents.
     """
 
     def __init__(self, unet: torch.nn.Module, param: dict, latent: bool = False):
@@ -81,12 +89,15 @@ class DiffusersDenoiser(Denoiser):
             abar = torch.tensor(param["alphas_cumprod"], dtype=torch.float64)
             # a plain attribute, not a buffer: it must stay float64 through .float()/.to(dtype)
             self.log_sigmas = ((1 - abar) / abar).sqrt().log()
-        unet.mid_block.register_forward_hook(_store_features)
+        unet.mid_block.register_forward_hook(_store_mid)
+        for block in unet.down_blocks:
+            block.register_forward_hook(_store_down)
 
     # -- spec (rebuilding without the teacher) ---------------------------------------
     def spec(self) -> dict:
+        config = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
         return {"type": "diffusers", "unet_class": type(self.unet).__name__,
-                "unet_config": dict(self.unet.config), "param": self.param, "latent": self.is_latent}
+                "unet_config": config, "param": self.param, "latent": self.is_latent}
 
     @classmethod
     def from_spec(cls, spec: dict) -> DiffusersDenoiser:
@@ -144,7 +155,10 @@ class DiffusersDenoiser(Denoiser):
         sigma = sigma.reshape(-1).float()
         d = denoise(self.unet, x, sigma, self.sigma_to_t(sigma), cond,
                     self.kind, self.prediction_type, self.sigma_data)
-        feats = self.unet.mid_block.__dict__.pop("_onestep_features", None)
+        taps = [*self.unet.down_blocks, self.unet.mid_block] if self.feature_taps == "encoder" else [self.unet.mid_block]
+        feats = [m.__dict__.get("_onestep_features") for m in taps]
+        for m in (*self.unet.down_blocks, self.unet.mid_block):  # drop references either way
+            m.__dict__.pop("_onestep_features", None)
         return (d, feats) if return_features else d
 
     # -- export -----------------------------------------------------------------------

@@ -27,8 +27,8 @@ class FourierEmbedding(nn.Module):
 class MLPDenoiser(Denoiser):
     """``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)``; x (B, d), sigma (B,) -> (B, d).
 
-    ``forward(..., return_features=True)`` also returns the last hidden layer (B, hidden),
-    the tap a discriminator head reads.
+    ``forward(..., return_features=True)`` also returns the hidden layers a discriminator reads:
+    ``[last (B, hidden)]`` (``feature_taps = "mid"``) or every hidden layer (``"encoder"``).
     """
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 3, sigma_data: float = 0.5):
@@ -52,7 +52,11 @@ class MLPDenoiser(Denoiser):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         h = self.inp(c_in[:, None] * x) + self.emb_proj(self.embed(c_noise))
         h = nn.functional.silu(h)
+        hidden = [h]
         for block in self.blocks:
             h = nn.functional.silu(block(h))
+            hidden.append(h)
         d = c_skip[:, None] * x + c_out[:, None] * self.out(h).float()
-        return (d.float(), h) if return_features else d.float()
+        if not return_features:
+            return d.float()
+        return d.float(), (hidden if self.feature_taps == "encoder" else [h])

@@ -16,7 +16,7 @@ from ..core.schema import key
 from ..core.tensors import expand
 from .common import inject_gradient, per_sample_norm
 from .inputs import ObjectiveInputs
-from .registry import FAKE, register
+from .registry import register
 
 WeightNorm = Literal["wf", "none"]
 WEIGHT_NORM_DOC = "per-sample normaliser: wf = mean|x_g - Dr| (DMD2, SiD) or none"
@@ -27,7 +27,15 @@ class DMDParams:
     weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
-@register("dmd", params=DMDParams, sigma_sampler="karras_grid", discriminator_features=FAKE,
+# DMD2's GAN (used when gan.weight > 0): a conv head on the fake score's bottleneck, real and fake
+# noised independently on the Karras grid, loss weight 1e-2 next to the fake-score loss
+DMD2_RECIPE = {"gan.sigma": "discriminator", "discriminator.features": "fake_score", "discriminator.taps": "mid",
+               "discriminator.head": "conv", "discriminator.sigma_sampler": "karras_grid",
+               "discriminator.weighting": "none", "discriminator.noise": "independent",
+               "discriminator.loss_weight": 1e-2}
+
+
+@register("dmd", params=DMDParams, sigma_sampler="karras_grid", recipe=DMD2_RECIPE,
           reference="DMD2, Yin et al. 2024, arXiv 2405.14867")
 def dmd_loss(inp: ObjectiveInputs, p: DMDParams) -> torch.Tensor:
     """(B,): surrogate for ``g = (Df - Dr) / wf``."""

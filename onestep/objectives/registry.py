@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,7 +32,8 @@ class ObjectiveSpec:
     sigma_sampler: str
     reference: str
     requires_gan: bool = False  # the objective is defined with the GAN term (gan.weight > 0)
-    discriminator_features: str = "teacher"  # default source of the discriminator's features
+    # defaults of null gan.* / discriminator.* keys for this objective, e.g. {"gan.weight": 0.01}
+    recipe: dict = field(default_factory=dict)
 
     def needs_ratio(self, params) -> bool:
         """True when the weights depend on the density ratio (any f but reverse KL)."""
@@ -43,14 +44,14 @@ REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
 def register(name: str, *, params: type, sigma_sampler: str, reference: str, grad_through=(),
-             requires_gan: bool = False, discriminator_features: str = TEACHER):
+             requires_gan: bool = False, recipe: dict | None = None):
     """Decorator: register the loss function under ``name``."""
 
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"objective '{name}' registered twice")
         REGISTRY[name] = ObjectiveSpec(name, fn, params, frozenset(grad_through), sigma_sampler, reference,
-                                       requires_gan, discriminator_features)
+                                       requires_gan, dict(recipe or {}))
         return fn
 
     return deco
@@ -87,6 +88,10 @@ def table() -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for spec in REGISTRY.values():
+        if spec.recipe:
+            lines += ["", f"{spec.name} recipe (null gan/discriminator keys): "
+                      + ", ".join(f"{k}={v}" for k, v in spec.recipe.items())]
     lines += ["", f"f (f_distill, uni_instruct): {', '.join(F_NAMES)}; f_alpha sets the alpha-divergence exponent.",
               "Ratio keys (f_distill, uni_instruct): logit_clip, ratio_clip, ratio_bins, normalize_weights; "
               "weight_norm: wf | none."]

@@ -3,8 +3,7 @@
 Per sample, ``<Dr - Df, (Dr - x_g) - alpha (Dr - Df)> / wf`` with gradients through the
 inputs of teacher and fake score. With ``alpha = 0.5`` this is ``L_sim + L_fisher`` of
 Uni-Instruct with reverse KL (the exact Fisher-divergence gradient); ``alpha = 1.2``
-(SiD's practical choice) is ``L_sim - 0.4 L_fisher``. ``sida`` is the same loss with the GAN
-term on the fake score's features (SiDA, Zhou et al. 2024, arXiv 2410.14919).
+(SiD's practical choice) is ``L_sim - 0.4 L_fisher``.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ class SiDParams:
     weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
-@register("sida", params=SiDParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE), requires_gan=True,
-          discriminator_features=FAKE, reference="SiDA, Zhou et al. 2024, arXiv 2410.14919")
 @register("sid", params=SiDParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
           reference="SiD, Zhou et al. 2024, arXiv 2404.04057")
 def sid_loss(inp: ObjectiveInputs, p: SiDParams) -> torch.Tensor:

@@ -10,7 +10,8 @@ parameterisations happen inside the network wrapper, never downstream. The proto
   ``sigma_data``, ``sigma_range``: read from its network;
 - ``num_labels`` (classes or prompts), ``sample_labels(n, rng)``, ``cond_for(labels)``:
   class ids or prompt indices (n,) -> conditioning; ``sample_cond(n, rng)`` draws both;
-- ``decode(x)``: samples -> images in [-1, 1] (the VAE for latent teachers; identity otherwise).
+- ``decode(x)`` / ``encode(images)``, ``image_shape``: samples <-> images in [-1, 1] (the VAE for
+  latent teachers; identity otherwise).
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ class Teacher(nn.Module):
         """Conditioning of labels (n,): class ids as they are, prompt indices -> prompt embeddings."""
         return labels
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one decoded image (the sample shape for pixel teachers)."""
+        return self.sample_shape
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Samples -> images in [-1, 1]; (B, C, H, W) fp32."""
         return x
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (B, *image_shape) -> samples (identity for pixel teachers)."""
+        return images

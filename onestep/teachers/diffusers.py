@@ -12,6 +12,8 @@ libraries: a ``model_index.json`` that names any other module is refused, never 
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ from .base import Teacher
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LIBRARIES = ("diffusers", "transformers")
 AUXILIARY = ("vae", "text_encoder", "tokenizer")
+WEIGHTLESS = ("scheduler", "tokenizer")  # components without weights
 
 
 def _component_class(path: str, name: str, entry):
@@ -35,8 +38,9 @@ def _component_class(path: str, name: str, entry):
         raise OnestepError(f"pipeline at '{path}': model_index.json entry '{name}' is not [library, class]")
     library, cls_name = entry
     if library not in LIBRARIES:
-        raise OnestepError(f"pipeline at '{path}': component '{name}' names library '{library}'; onestep loads "
-                           f"only classes of {' and '.join(LIBRARIES)} (custom code is never imported)")
+        raise OnestepError(f"pipeline at '{path}': component '{name}' names library '{library}'; onestep imports "
+                           f"only classes of {' and '.join(LIBRARIES)} (custom code runs only with "
+                           f"teacher.trust_remote_code: true)")
     module = __import__(library)
     cls = getattr(module, cls_name, None)
     if cls is None:
@@ -44,43 +48,130 @@ def _component_class(path: str, name: str, entry):
     return cls
 
 
-def _load_component(path: str, name: str, entry, dtype=None):
-    cls = _component_class(path, name, entry)
-    kwargs = {"subfolder": name}
-    if dtype is not None and hasattr(cls, "dtype"):
-        kwargs["torch_dtype"] = dtype
-    return cls.from_pretrained(path, **kwargs)
+def _check_files(path: Path, folder: str, weights: bool) -> None:
+    """One-line errors for a missing subfolder or config, and for pickled-only weights."""
+    sub = path / folder
+    if not sub.is_dir():
+        raise OnestepError(f"pipeline at '{path}': subfolder '{folder}' is missing")
+    configs = [f for f in ("config.json", "scheduler_config.json", "tokenizer_config.json", "vocab.json")
+               if (sub / f).is_file()]
+    if not configs:
+        raise OnestepError(f"pipeline at '{path}': '{folder}' has no config file")
+    for c in configs:
+        try:
+            json.loads((sub / c).read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise OnestepError(f"pipeline at '{path}': {folder}/{c} is not valid JSON") from None
+    if weights and not list(sub.glob("*.safetensors")):
+        pickled = [f.name for f in sub.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+        if pickled:
+            raise OnestepError(f"pipeline at '{path}': '{folder}' has only pickled weights ({pickled[0]}); onestep "
+                               f"loads safetensors only (convert them with safetensors, e.g. save_pretrained)")
+        raise OnestepError(f"pipeline at '{path}': '{folder}' has no weights (*.safetensors)")
 
 
-def read_index(path: str) -> dict:
-    """A pipeline's ``model_index.json`` as a dict; one-line error if absent or unreadable."""
-    from diffusers import DiffusionPipeline
+def _load_component(path: Path, name: str, entry, dtype=None, folder: str | None = None):
+    cls = _component_class(str(path), name, entry)
+    folder = folder or name
+    weighted = name not in WEIGHTLESS
+    _check_files(path, folder, weights=weighted)
+    kwargs = {"subfolder": folder}
+    if weighted:
+        kwargs["use_safetensors"] = True  # never unpickle
+        if dtype is not None:
+            kwargs["torch_dtype"] = dtype
+    try:
+        return cls.from_pretrained(str(path), **kwargs)
+    except Exception as exc:  # torn weights, shape mismatches, wrong configs: one line
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise OnestepError(f"pipeline at '{path}': cannot load '{folder}' ({type(exc).__name__}: {first})") from None
+
+
+def resolve_pipeline(path: str) -> Path:
+    """A local pipeline directory for ``path``: the directory itself, or a hub id's cached snapshot.
+    A hub id that is not cached fails at once where the hub cannot be reached (no 30 s of retries)."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise OnestepError(f"teacher.path '{path}' is a file; give a pipeline directory")
+        return local
+    parts = str(path).split("/")
+    if len(parts) != 2 or not all(parts) or str(path).startswith((".", "~")):
+        raise OnestepError(f"teacher.path '{path}' does not exist (and is not a hub id like org/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return DiffusionPipeline.load_config(path)
-    except Exception as exc:  # local path missing, hub unreachable, no model_index.json
-        where = "directory" if Path(path).exists() else "directory or reachable hub id"
-        raise OnestepError(
-            f"cannot read a diffusers pipeline at '{path}' ({type(exc).__name__}); "
-            f"teacher.path must be a pipeline {where} with model_index.json"
-        ) from None
+        return Path(snapshot_download(str(path), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or not _hub_reachable():
+        raise OnestepError(f"teacher.path '{path}' is not a local directory, not in the Hugging Face cache, and the "
+                           f"hub cannot be reached; download it first or give a local directory")
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    except Exception as exc:
+        raise OnestepError(f"cannot download '{path}' from the hub ({type(exc).__name__})") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def read_index(path) -> dict:
+    """A pipeline's ``model_index.json`` as a dict; one-line errors if absent or corrupt."""
+    index_file = Path(path) / "model_index.json"
+    if not index_file.is_file():
+        raise OnestepError(f"'{path}' is not a diffusers pipeline directory (no model_index.json)")
+    try:
+        index = json.loads(index_file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise OnestepError(f"{index_file} is not valid JSON") from None
+    if not isinstance(index, dict):
+        raise OnestepError(f"{index_file} is not a JSON object")
+    return index
 
 
 def load_components(path: str, unet_subfolder: str | None = None, dtype: torch.dtype = torch.float32,
-                    names: tuple[str, ...] = ("unet", "scheduler", *AUXILIARY)) -> dict:
-    """The named components of a pipeline that has them (unet and scheduler are required)."""
-    index = read_index(path)
+                    names: tuple[str, ...] = ("unet", "scheduler", *AUXILIARY), trust_remote_code: bool = False) -> dict:
+    """The named components of a pipeline that has them (unet and scheduler are required).
+
+    Only classes of diffusers and transformers are built, from safetensors weights; a pipeline
+    whose components name other code loads (through diffusers) only with ``trust_remote_code``.
+    """
+    local = resolve_pipeline(path)
+    index = read_index(local)
     if ("unet" in names and "unet" not in index) or ("scheduler" in names and "scheduler" not in index):
         found = ", ".join(k for k in index if not k.startswith("_"))
         raise OnestepError(f"pipeline at '{path}' has no unet/scheduler components (found: {found})")
+    custom = [n for n in names if isinstance(index.get(n), list) and index[n][0] not in (None, *LIBRARIES)]
+    if custom and trust_remote_code:
+        return _load_remote(local, names, dtype)
     out = {}
     for name in names:
         entry = index.get(name)
         if name == "unet":
-            out[name] = _load_component(path, unet_subfolder or "unet", entry, dtype)
+            out[name] = _load_component(local, name, entry, dtype, folder=unet_subfolder)
         elif entry and entry[0] is not None:
-            out[name] = _load_component(path, name, entry, None if name in ("scheduler", "tokenizer") else dtype)
+            out[name] = _load_component(local, name, entry, None if name in ("scheduler", "tokenizer") else dtype)
     return out
+
+
+def _load_remote(local: Path, names, dtype) -> dict:
+    """teacher.trust_remote_code: let diffusers build the pipeline with the directory's own code."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(local, trust_remote_code=True, use_safetensors=True, torch_dtype=dtype)
+    except Exception as exc:
+        raise OnestepError(f"pipeline at '{local}' (trust_remote_code): cannot load ({type(exc).__name__})") from None
+    return {n: getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None}
 
 
 def read_prompts(path: str | None) -> list[str]:
@@ -139,7 +230,24 @@ class DiffusersTeacher(Teacher):
                            return_features=features)
         d, feats = out if features else (out, None)
         d_cond, d_uncond = d.float().chunk(2)
-        return d_uncond + w * (d_cond - d_uncond), (feats[:b] if feats is not None else None)
+        return d_uncond + w * (d_cond - d_uncond), ([f[:b] for f in feats] if feats is not None else None)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        if self.vae is None:
+            return self.sample_shape
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (int(self.vae.config.in_channels), self.sample_shape[1] * factor, self.sample_shape[2] * factor)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Images in [-1, 1] -> latents (the VAE posterior's mean, scaled); identity for pixel teachers."""
+        if self.vae is None:
+            return images
+        device, dtype = next(self.vae.parameters()).device, self.vae.dtype
+        out = [self.vae.encode(images[i:i + batch_size].to(device, dtype)).latent_dist.mean.float().cpu()
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out) * self.latent_scaling
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1] (identity for pixel teachers); (B, 3, H, W) fp32."""
@@ -150,10 +258,10 @@ class DiffusersTeacher(Teacher):
 
 def load_diffusers_teacher(path: str, subfolder: str | None = None, dtype: str = "float32",
                            prompts_file: str | None = None, guidance_scale: float = 1.0, attention: str = "auto",
-                           device="cpu") -> DiffusersTeacher:
+                           device="cpu", trust_remote_code: bool = False) -> DiffusersTeacher:
     """Load, convert, freeze and set the attention kernels of a diffusers teacher."""
     torch_dtype = DTYPES[dtype]
-    parts = load_components(path, subfolder, torch_dtype)
+    parts = load_components(path, subfolder, torch_dtype, trust_remote_code=trust_remote_code)
     network = DiffusersDenoiser(parts["unet"], parameterization_of(parts["scheduler"]), latent="vae" in parts)
     teacher = DiffusersTeacher(
         network, vae=parts.get("vae"), tokenizer=parts.get("tokenizer"), text_encoder=parts.get("text_encoder"),

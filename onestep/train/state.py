@@ -20,16 +20,19 @@ from ..core.io import (
     pack_optimizer,
     restore_rng,
     rng_tensors,
+    safetensors_header,
     unpack_module,
     unpack_optimizer,
 )
 from ..core.rundir import STATS_FILE
 from ..errors import OnestepError
 
-FORMAT = "onestep-checkpoint-1"
+FORMAT = "onestep-checkpoint-2"  # 2: the discriminator's tensors are "discriminator.*"
 # Config keys that may differ between a run and its resumption.
+# (learning rates may change: the way out of a divergence abort is to resume with lower ones)
 RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.progress",
-                     "train.keep_checkpoints", "train.retain_freed_memory"}
+                     "train.keep_checkpoints", "train.retain_freed_memory", "train.lr_generator", "train.lr_fake",
+                     "discriminator.lr", "train.max_nonfinite"}
 
 
 def _optimizer(opt):
@@ -62,18 +65,37 @@ def pack(trainer) -> tuple[dict[str, torch.Tensor], dict]:
 def restore(trainer, path: Path) -> None:
     """Load ``path`` into ``trainer`` (after checking that its config allows the resume)."""
     tensors, raw = load_safetensors(path)
-    meta = {k: json.loads(v) for k, v in raw.items()}
-    check_resumable(meta.get("config", {}), trainer.cfg, path)
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+        saved_config, layouts = meta["config"], meta["optimizers"]
+    except (ValueError, KeyError):
+        raise OnestepError(f"{path} is not an onestep checkpoint (its metadata is not the run's JSON config, "
+                           f"step and optimizer state)") from None
+    check_resumable(saved_config, trainer.cfg, path)
     for name, module in trainer.modules_to_save().items():
         unpack_module(name, tensors, module)
     for name, opt in trainer.optimizers().items():
-        unpack_optimizer(name, tensors, meta["optimizers"][name], _optimizer(opt))
+        try:
+            unpack_optimizer(name, tensors, layouts[name], _optimizer(opt))
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise OnestepError(f"cannot restore the optimizer state '{name}' from {path} ({type(exc).__name__}); "
+                               f"start a new run") from None
     restore_rng("rng", tensors, {"train": trainer.rng})
     if meta.get("scaler") and trainer.acc.scaler is not None:
         trainer.acc.scaler.load_state_dict(meta["scaler"])
     trainer.step = int(meta["step"])
     trainer.nonfinite_total = meta["counters"]["nonfinite_total"]
     trainer.overflow_total = meta["counters"]["overflow_total"]
+
+
+def check_checkpoint(path: Path, config: config_mod.Config) -> None:
+    """Refuse, before anything is built or written, a resume from ``path`` under ``config``."""
+    _, raw = safetensors_header(path)
+    try:
+        saved = json.loads(raw["config"])
+    except (KeyError, ValueError):
+        raise OnestepError(f"{path} is not an onestep checkpoint (no config in its metadata)") from None
+    check_resumable(saved, config, path)
 
 
 def check_resumable(saved: dict, now: config_mod.Config, path: Path) -> None:
@@ -107,7 +129,15 @@ def truncate_stats(run_dir: Path, step: int) -> None:
     path = Path(run_dir) / STATS_FILE
     if not path.is_file():
         return
-    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
+    rows = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    kept = [ln for ln in rows if _row_step(ln) is not None and _row_step(ln) <= step]  # torn rows go too
     if len(kept) != len(rows):
         atomic_write_text("".join(ln + "\n" for ln in kept), path)
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        row = json.loads(line)
+        return int(row["step"]) if isinstance(row, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -63,7 +63,7 @@ class Trainer:
 
     def __init__(self, config: config_mod.Config, run_dir: str | Path, acc: Accelerator, teacher,
                  generator: nn.Module, fake_score: nn.Module, discriminator: nn.Module | None = None,
-                 real=None, pairs=None):
+                 real=None, pairs=None, holdout=None):
         self.cfg, self.run_dir, self.acc, self.teacher = config, Path(run_dir), acc, teacher
         tr = config.train
         self.device, rank, world = acc.device, acc.process_index, acc.num_processes
@@ -78,14 +78,16 @@ class Trainer:
         opt_kw = {"betas": tuple(float(b) for b in tr.betas), "weight_decay": tr.weight_decay, **fused}
         opt_g = opt_cls(generator.parameters(), lr=tr.lr_generator, **opt_kw)
         groups = [{"params": list(fake_score.parameters()), "lr": tr.lr_fake}]
-        if discriminator is not None:
-            groups.append({"params": list(discriminator.parameters()), "lr": config.discriminator.lr or tr.lr_fake})
+        heads = list(discriminator.parameters()) if discriminator is not None else []
+        if heads:  # a parameter-free head (SiDA's channel mean) trains through the fake score alone
+            groups.append({"params": heads, "lr": config.discriminator.lr or tr.lr_fake})
         opt_f = opt_cls(groups, lr=tr.lr_fake, **opt_kw)
-        trained = [m for m in (generator, fake_score, discriminator) if m is not None]
+        trained = [m for m in (generator, fake_score, discriminator if heads else None) if m is not None]
         *prepared, self.opt_generator, self.opt_fake = acc.prepare(*trained, opt_g, opt_f)
         self.generator, self.fake_score = prepared[0], prepared[1]
-        self.discriminator = prepared[2] if discriminator is not None else None
+        self.discriminator = prepared[2] if heads else discriminator
         nets = Networks(self.generator, self.fake_score, self.discriminator, generator, fake_score, discriminator)
+        self.holdout = holdout
         self.method = Distillation(config, teacher, nets, real, pairs, reduce_sum=self._all_reduce_sum)
         self.rng = torch.Generator().manual_seed(tr.seed)
         self.draws = GlobalDraws(self.rng, tr.batch_size, rank, world, self.device, config.schedule,
@@ -99,6 +101,7 @@ class Trainer:
         self.nonfinite_streak = {"generator": 0, "fake": 0}  # consecutive skipped steps per network
         self.overflow_total = 0
         self._last = None  # (x_g, cond) of the last generator step, reused by the first fake step
+        self.lock = None  # the run directory's lock (core.rundir.RunLock), released when fit() ends
 
     # ------------------------------------------------------------------ one iteration
 
@@ -169,8 +172,9 @@ class Trainer:
             last = latest_checkpoint(self.run_dir)
             raise OnestepError(
                 f"{self.nonfinite_streak[name]} non-finite steps in a row (last: {name} {what} at step "
-                f"{self.step}); aborted. Last good checkpoint: {last or 'none'}. Lower the learning "
-                f"rates or use train.mixed_precision=no"
+                f"{self.step}); aborted. Last good checkpoint: {last or 'none'}. Continue it with lower learning "
+                f"rates: add --resume latest --set train.lr_generator=... --set train.lr_fake=... (or use "
+                f"train.mixed_precision=no in a new run)"
             )
 
     def _set_generator_lr(self) -> float:
@@ -182,6 +186,15 @@ class Trainer:
         for group in self.opt_generator.param_groups:
             group["lr"] = lr
         return lr
+
+    def evaluate_discriminator(self, n: int = 256) -> dict:
+        """Held-out accuracy and log-ratio spread ({} without a discriminator); its own RNG, a
+        function of (seed, step), so logging never changes the training draws."""
+        critic = self.method.critic
+        if critic is None or self.holdout is None:
+            return {}
+        rng = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
+        return critic.evaluate(self.holdout, rng, n, self.method.sigma_sampler, self.cfg.schedule, self.device)
 
     def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.acc.num_processes == 1 else self.acc.reduce(t.clone(), reduction="sum")
@@ -217,6 +230,13 @@ class Trainer:
 
     def fit(self, resume: Path | None = None) -> dict:
         """Train to ``train.steps`` (resuming from ``resume`` if given); returns the last stats."""
+        try:
+            return self._fit(resume)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self, resume: Path | None) -> dict:
         tr = self.cfg.train
         if resume is not None:
             state.restore(self, resume)
@@ -239,6 +259,7 @@ class Trainer:
                 row = {"step": self.step, **{k: sum(v) / len(v) for k, v in window.items()},
                        "nonfinite_skipped": self.nonfinite_total, "fp16_overflows": self.overflow_total,
                        "sec_per_iter": (time.perf_counter() - t0) / max(1, len(window.get("loss_g", [1])))}
+                row.update(self.evaluate_discriminator())
                 if main:
                     with open(self.run_dir / STATS_FILE, "a") as fh:
                         fh.write(json.dumps(row) + "\n")

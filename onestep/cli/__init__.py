@@ -1,6 +1,7 @@
 """Command line: ``onestep distill | sample | export | train-teacher | demo | objectives | keys``.
 
 User errors print one line (``onestep: error: ...``) and exit 2; ``--debug`` shows the traceback.
+Warnings are one line too. What a command does lives in ``commands.py``; this module parses.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ import argparse
 import os
 import sys
 import warnings
-from pathlib import Path
 
-from .errors import OnestepError
+from ..core.paths import USER_OS_ERRORS
+from ..errors import OnestepError
+from . import commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--ema", action="store_true", help="export the EMA generator")
     p.add_argument("--output", required=True, help="pipeline directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --output")
     _add_common(p)
 
     p = sub.add_parser("train-teacher", help="train a bundled teacher (EDM loss) as a diffusers pipeline")
     p.add_argument("--config", required=True, help="YAML teacher-training config (configs/digits-teacher.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output", required=True, help="pipeline directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier teacher at --output")
     _add_common(p)
 
     p = sub.add_parser("demo", help="distill the bundled digits teacher, evaluate, export (make demo)")
@@ -80,111 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_distill(args) -> int:
-    from . import config as config_mod
-    from .build import build_trainer
-    from .core.rundir import latest_checkpoint
-
-    overrides = list(args.overrides)
-    if args.attention:
-        overrides.append(f"attention={args.attention}")
-    cfg = config_mod.load(args.config, overrides)
-    if args.dry_run:
-        print(config_mod.dump_yaml(cfg), end="")
-        return 0
-    out = Path(args.output)
-    resume = None
-    existing = latest_checkpoint(out)
-    if args.resume == "latest":
-        resume = existing  # None: nothing to resume yet, start fresh
-    elif existing is not None:
-        raise OnestepError(
-            f"{out} already holds checkpoints; pass --resume latest to continue or choose a new --output"
-        )
-    trainer = build_trainer(cfg, out)
-    trainer.fit(resume=resume)
-    if trainer.acc.is_main_process:
-        print(f"done: {trainer.step} steps, checkpoint {latest_checkpoint(out)}")
-    return 0
-
-
-def cmd_sample(args) -> int:
-    import numpy as np
-
-    from .core.samplers import generate
-    from .runs import conditioning, default_device, load_generator
-
-    if args.num_samples < 1:
-        raise OnestepError("--num-samples must be at least 1")
-    out = Path(args.output)
-    if out.suffix not in (".npy", ".png"):
-        raise OnestepError(f"--output must end in .npy or .png, got '{out.name}'")
-    device = default_device()
-    generator, cfg, step = load_generator(args.run, ema=args.ema, device=device)
-    network = generator.network
-    cond_fn, decode = conditioning(network, cfg, args.class_label, args.prompt)
-    if out.suffix == ".png" and decode is None:
-        raise OnestepError("PNG grids need an image run; use .npy for this run")
-    samples = generate(generator, args.num_samples, args.seed, tuple(network.sample_shape), cond_fn=cond_fn,
-                       batch_size=args.batch_size, device=device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, samples.numpy())
-    else:
-        from .core.images import save_grid
-
-        nrow = args.nrow or (len(args.class_label) if args.class_label else None)
-        if nrow is None and network.cond_kind == "class":
-            nrow = network.num_classes
-        save_grid(decode(samples.to(device)).cpu(), out, nrow=nrow)
-    print(f"wrote {len(samples)} samples from step {step} to {out}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .export import export_run
-
-    path = export_run(args.run, args.output, ema=args.ema)
-    print(f"exported {args.run} to {path}")
-    return 0
-
-
-def cmd_train_teacher(args) -> int:
-    from . import config as config_mod
-    from .train.teacher_training import TeacherTrainingConfig, train_teacher
-
-    cfg = config_mod.load(args.config, args.overrides, cls=TeacherTrainingConfig)
-    info = train_teacher(cfg, args.output, progress=cfg.progress)
-    print(f"trained teacher ({info['parameters']} parameters, {info['steps']} steps, {info['seconds']}s, "
-          f"final loss {info['final_loss']:.4f}) -> {args.output}")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-    from .resources import DEMO_CONFIG as DEFAULT_CONFIG
-
-    run_demo(args.output, args.config or DEFAULT_CONFIG, args.overrides, args.num_samples, args.seed)
-    print(f"demo written to {args.output}/ (report.md, samples.png, teacher.png, fd_vs_nfe.png, pipeline/)")
-    return 0
-
-
-def cmd_objectives(args) -> int:
-    from .objectives import table
-
-    print(table())
-    return 0
-
-
-def cmd_keys(args) -> int:
-    from .config.keys import key_table
-
-    print(key_table())
-    return 0
-
-
-COMMANDS = {"distill": cmd_distill, "sample": cmd_sample, "export": cmd_export,
-            "train-teacher": cmd_train_teacher, "demo": cmd_demo, "objectives": cmd_objectives, "keys": cmd_keys}
+COMMANDS = {"distill": commands.cmd_distill, "sample": commands.cmd_sample, "export": commands.cmd_export,
+            "train-teacher": commands.cmd_train_teacher, "demo": commands.cmd_demo,
+            "objectives": commands.cmd_objectives, "keys": commands.cmd_keys}
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -201,13 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.print_help()
-            return 2
+            raise OnestepError("no command given; one of: " + ", ".join(COMMANDS) + " (see `onestep --help`)")
         return COMMANDS[args.command](args)
     except OnestepError as exc:
         if debug:
             raise
         print(f"onestep: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `onestep keys | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        if debug or exc.errno not in USER_OS_ERRORS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"onestep: error: cannot write{where}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("onestep: interrupted; resume with --resume latest", file=sys.stderr)

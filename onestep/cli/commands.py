@@ -1,0 +1,162 @@
+"""What each ``onestep`` command does, with the checks that keep bad input to one line and leave
+every file the user made untouched."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from ..errors import OnestepError, OnestepWarning
+
+# run files this project writes: a directory holding any of them (or nothing) is a run directory
+RUN_MARKERS = (".onestep.lock", "network.json", "stats.jsonl", "checkpoints", "teacher_cache.safetensors",
+               "teacher_network.safetensors")
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resume_point(out: Path, resume: str | None) -> Path | None:
+    """The checkpoint a ``distill`` run starts from (None: step 0), after refusing an --output that
+    holds somebody else's files or a finished run the user did not ask to continue."""
+    from ..core.rundir import latest_valid_checkpoint, list_checkpoints
+
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_MARKERS and p.name != "config.yaml")
+        if foreign and not any((out / m).exists() for m in RUN_MARKERS):
+            raise OnestepError(f"--output {out} holds files that are not a run's ({', '.join(foreign[:3])}); "
+                               f"choose a new or empty directory")
+    if resume is None:
+        if list_checkpoints(out):
+            raise OnestepError(f"{out} already holds checkpoints; pass --resume latest to continue or choose a new "
+                               f"--output")
+        return None
+    if not out.is_dir():
+        raise OnestepError(f"nothing to resume: {out} does not exist; check the path, or drop --resume to start a run")
+    path, skipped = latest_valid_checkpoint(out)
+    for bad, why in skipped:
+        warnings.warn(f"skipping {bad.name}: {why}", OnestepWarning, stacklevel=2)
+    if path is None and skipped:
+        raise OnestepError(f"no readable checkpoint in {out}/checkpoints ({len(skipped)} damaged); start a new run")
+    if path is None:
+        warnings.warn(f"no checkpoint in {out} yet; starting at step 0", OnestepWarning, stacklevel=2)
+    elif skipped:
+        warnings.warn(f"resuming from {path.name}", OnestepWarning, stacklevel=2)
+    return path
+
+
+def cmd_distill(args) -> int:
+    from .. import config as config_mod
+    from ..build import build_trainer
+    from ..core.paths import writable_dir
+    from ..core.rundir import latest_checkpoint, latest_valid_checkpoint
+    from ..train.state import check_checkpoint
+
+    overrides = list(args.overrides)
+    if args.attention:
+        overrides.append(f"attention={args.attention}")
+    cfg = config_mod.load(args.config, overrides)
+    if args.dry_run:
+        print(config_mod.dump_yaml(cfg), end="")
+        return 0
+    out = writable_dir(args.output, "--output")
+    if _is_main_rank():
+        resume = resume_point(out, args.resume)
+    else:  # the other ranks of a multi-process run follow rank 0's checks
+        resume = latest_valid_checkpoint(out)[0] if args.resume else None
+    if resume is not None:
+        check_checkpoint(resume, cfg)  # a changed config is refused before anything is loaded or written
+    trainer = build_trainer(cfg, out)
+    trainer.fit(resume=resume)
+    if trainer.acc.is_main_process:
+        print(f"done: {trainer.step} steps, checkpoint {latest_checkpoint(out)}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from ..core.images import save_grid
+    from ..core.paths import writable_file
+    from ..core.samplers import generate
+    from ..runs import conditioning, default_device, load_generator
+
+    for flag, value in (("--num-samples", args.num_samples), ("--batch-size", args.batch_size),
+                        ("--nrow", args.nrow if args.nrow is not None else 1)):
+        if value < 1:
+            raise OnestepError(f"{flag} must be at least 1, got {value}")
+    out = writable_file(args.output, "--output", (".npy", ".png"))
+    device = default_device()
+    generator, cfg, step = load_generator(args.run, ema=args.ema, device=device)
+    network = generator.network
+    if args.class_label is not None and network.cond_kind == "class":
+        bad = [c for c in args.class_label if not 0 <= c < network.num_classes]
+        if bad:
+            raise OnestepError(f"--class-label {bad[0]} is out of range: this run has classes 0..{network.num_classes - 1}")
+    cond_fn, decode = conditioning(network, cfg, args.class_label, args.prompt)
+    if out.suffix == ".png" and decode is None:
+        raise OnestepError("PNG grids need an image run; use .npy for this run")
+    samples = generate(generator, args.num_samples, args.seed, tuple(network.sample_shape), cond_fn=cond_fn,
+                       batch_size=args.batch_size, device=device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, samples.numpy())
+    else:
+        nrow = args.nrow or (len(args.class_label) if args.class_label else None)
+        if nrow is None and network.cond_kind == "class":
+            nrow = network.num_classes
+        save_grid(decode(samples.to(device)).cpu(), out, nrow=nrow)
+    print(f"wrote {len(samples)} samples from step {step} to {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..core.paths import new_output_dir
+    from ..export import export_run
+
+    output = new_output_dir(args.output, "--output", overwrite=args.overwrite, protect=(args.run,))
+    path = export_run(args.run, output, ema=args.ema)
+    print(f"exported {args.run} to {path}")
+    return 0
+
+
+def cmd_train_teacher(args) -> int:
+    from .. import config as config_mod
+    from ..core.paths import new_output_dir
+    from ..train.teacher_training import TeacherTrainingConfig, train_teacher
+
+    cfg = config_mod.load(args.config, args.overrides, cls=TeacherTrainingConfig)
+    output = new_output_dir(args.output, "--output", overwrite=args.overwrite)
+    info = train_teacher(cfg, output, progress=cfg.progress)
+    print(f"trained teacher ({info['parameters']} parameters, {info['steps']} steps, {info['seconds']}s, "
+          f"final loss {info['final_loss']:.4f}) -> {output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..core.paths import writable_dir
+    from ..demo import run_demo
+    from ..resources import DEMO_CONFIG
+
+    if args.num_samples < 2:
+        raise OnestepError(f"--num-samples must be at least 2 (a Frechet distance needs a covariance), got {args.num_samples}")
+    out = writable_dir(args.output, "--output")
+    run_demo(out, args.config or DEMO_CONFIG, args.overrides, args.num_samples, args.seed)
+    print(f"demo written to {out}/ (report.md, samples.png, teacher.png, fd_vs_nfe.png, pipeline/)")
+    return 0
+
+
+def cmd_objectives(args) -> int:
+    from ..objectives import table
+
+    print(table())
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from ..config.keys import key_table
+
+    print(key_table())
+    return 0

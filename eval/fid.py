@@ -1,4 +1,5 @@
 """FID-style evaluation: make reference statistics once, then score a run, pipeline or images.
+(``onestep eval`` is the command for this; this script keeps the `ref` / `calc` split.)
 
     python eval/fid.py ref  --name digits --images digits --features digits
     python eval/fid.py calc --ref digits --run runs/demo/run --ema --features digits
@@ -21,6 +22,7 @@ from onestep import OnestepError, OneStepPipeline, load_generator
 from onestep.core.tensors import cycled_labels
 from onestep.evaluation.fidelity import compute_metrics, make_reference
 from onestep.evaluation.nfe import student_samples
+from onestep.evaluation.score import evaluate
 from onestep.export import load_pipeline
 
 
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     ref.add_argument("--name", required=True)
     ref.add_argument("--images", required=True)
     calc = sub.add_parser("calc", help="score samples against a cached reference")
-    calc.add_argument("--ref", required=True, help="reference name given to `ref`")
+    calc.add_argument("--ref", required=True, help="reference: a name given to `ref`, digits, or an image path")
     calc.add_argument("--ref-images", help="reference images (needed if the cache is cold)")
     src = calc.add_mutually_exclusive_group(required=True)
     src.add_argument("--run")
@@ -79,9 +81,13 @@ def main(argv=None) -> int:
                                   args.inception_weights)
             print(f"cached reference '{args.name}' ({args.features} features) under {root}")
             return 0
-        ref_images = _images(args.ref_images) if args.ref_images else _images(args.ref)
-        result = compute_metrics(_samples(args), ref_images, args.features, tuple(args.metrics.split(",")),
-                                 reference_name=args.ref, cache_root=args.cache_root, weights=args.inception_weights)
+        metrics = tuple(args.metrics.split(","))
+        if args.ref_images:  # featurise these images into the cache under --ref
+            result = compute_metrics(_samples(args), _images(args.ref_images), args.features, metrics,
+                                     reference_name=args.ref, cache_root=args.cache_root,
+                                     weights=args.inception_weights)
+        else:  # --ref: a bundled set, an image path, or statistics cached by `ref` under that name
+            result = evaluate(_samples(args), args.ref, args.features, metrics, args.cache_root, args.inception_weights)
         print(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}, indent=1))
         return 0
     except OnestepError as exc:

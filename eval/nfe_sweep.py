@@ -19,7 +19,8 @@ from onestep import config as config_mod
 from onestep.core.images import save_grid
 from onestep.data.datasets import load_digits
 from onestep.evaluation.fd import FDScorer
-from onestep.evaluation.nfe import nfe_sweep, save_fd_plot, student_samples
+from onestep.evaluation.nfe import nfe_sweep, student_samples
+from onestep.evaluation.plots import save_fd_plot
 
 
 def main(argv=None) -> int:

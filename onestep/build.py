@@ -115,7 +115,7 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
     """
     run_dir = Path(run_dir)
     tr = config.train
-    acc = start_accelerator(tr)
+    acc = start_accelerator(tr, run_dir)
     progress = tr.progress and acc.is_main_process
     needs_run_dir = teacher is None and config.teacher.kind == "gmm"  # its fitted network is cached there
     if teacher is None and not needs_run_dir:

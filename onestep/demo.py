@@ -20,12 +20,14 @@ from .build import build_trainer
 from .core.images import save_grid
 from .core.io import atomic_write_text
 from .core.paths import new_output_dir
-from .core.rundir import latest_valid_checkpoint
+from .core.rundir import is_temporary, latest_valid_checkpoint
 from .core.samplers import edm_sample, heun_steps_for_nfe, per_index_noise
 from .data.datasets import load_digits
 from .errors import OnestepError
+from .evaluation.copy_check import copy_report
 from .evaluation.fd import FDScorer
-from .evaluation.nfe import nfe_sweep, save_fd_plot, student_samples
+from .evaluation.nfe import nfe_sweep, student_samples, teacher_samples_at
+from .evaluation.plots import read_stats, save_discriminator_plot, save_fd_plot
 from .export import export_run
 from .resources import DEMO_CONFIG
 from .runs import load_generator
@@ -33,7 +35,7 @@ from .runs import load_generator
 NFES = (1, 3, 7, 15, 31, 63)
 # what the demo writes into its output directory (anything else there is the user's: refused)
 DEMO_FILES = {"run", "pipeline", "pipeline.partial", "report.json", "report.md", "samples.png", "teacher.png",
-              "fd_vs_nfe.png", "teacher_sweep.json", "timings.json", ".report.json.tmp"}
+              "fd_vs_nfe.png", "discriminator.png", "teacher_sweep.json", "timings.json"}
 
 
 def _class_rows(num_classes: int, per_class: int) -> torch.Tensor:
@@ -47,7 +49,7 @@ def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: 
     run = out / "run"
     cfg = config_mod.load(config, list(overrides))
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES and not is_temporary(p.name))
         if foreign:
             raise OnestepError(f"{out} holds files that are not the demo's ({', '.join(foreign[:3])}); choose another "
                                f"--output")
@@ -90,6 +92,11 @@ def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: 
         save_grid(edm_sample(teacher.denoise, z, schedule, heun_steps_for_nfe(best["nfe"]), labels),
                   out / "teacher.png", nrow=10)
     save_fd_plot(sweep, student, out / "fd_vs_nfe.png")
+    has_discriminator = save_discriminator_plot(read_stats(run / "stats.jsonl"), out / "discriminator.png")
+
+    # 3b. copy check: the student may not win by reproducing training digits
+    x_teacher, _ = teacher_samples_at(teacher, schedule, best["nfe"], num_samples, seed)
+    copies = copy_report(x_student, x_teacher, reference)
 
     # 4. export (replacing the demo's own earlier export)
     export_run(run, new_output_dir(out / "pipeline", "the demo's pipeline", overwrite=True), ema=use_ema)
@@ -103,6 +110,8 @@ def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: 
         "fd_ratio_student_to_best_teacher": student["fd"] / best["fd"],
         "speedup_vs_best_teacher": student["images_per_s"] / best["images_per_s"],
         "real_vs_real_fd": floor,
+        "nearest_training_distance": copies,
+        "discriminator_plot": has_discriminator,
         "distill_seconds": timings["distill_seconds"],
         "num_samples": num_samples, "seed": seed, "config": str(config),
     }
@@ -145,7 +154,14 @@ def _markdown(r: dict) -> str:
         f"**{r['speedup_vs_best_teacher']:.0f}x**. Real-vs-real floor: {r['real_vs_real_fd']:.2f} "
         f"({r['num_samples']} samples against all 1,797 digits).",
         "",
-        "![student](samples.png) ![teacher](teacher.png) ![FD vs NFE](fd_vs_nfe.png)",
+        f"Copy check (L2 distance to the nearest training digit): student median "
+        f"{r['nearest_training_distance']['student_median']:.3f}, teacher median "
+        f"{r['nearest_training_distance']['teacher_median']:.3f}; "
+        f"{100 * r['nearest_training_distance']['student_below_teacher_p5']:.1f}% of student samples lie closer "
+        f"than the teacher's 5th percentile (5% if it copies no more than its teacher).",
+        "",
+        "![student](samples.png) ![teacher](teacher.png) ![FD vs NFE](fd_vs_nfe.png)"
+        + (" ![discriminator](discriminator.png)" if r.get("discriminator_plot") else ""),
         "",
     ]
     return "\n".join(lines)

@@ -31,8 +31,7 @@ def build_pipeline(run_dir, ema: bool = False, device="cpu"):
     extra = auxiliary_components(network, cfg)
     if network.cond_kind != "text":
         extra = {k: v for k, v in extra.items() if k == "vae"}
-    latent_scaling = float(extra["vae"].config.scaling_factor) if "vae" in extra else 1.0
-    pipe = OneStepPipeline(**parts, **extra, latent_scaling=latent_scaling)
+    pipe = OneStepPipeline(**parts, **extra)
     return pipe.to(device), network, cfg
 
 
@@ -45,7 +44,68 @@ def export_run(run_dir, output, ema: bool = False) -> Path:
         if stock is not None:
             stock.save_pretrained(tmp / "stock_scheduler")
 
-    return write_pipeline_dir(pipe, output, stock_scheduler)
+    def extra(tmp: Path) -> None:
+        stock_scheduler(tmp)
+        write_model_card(tmp, cfg, run_dir, ema)
+
+    return write_pipeline_dir(pipe, output, extra)
+
+
+def write_model_card(directory: Path, cfg, run_dir, ema: bool) -> None:
+    """README.md with diffusers' model-card helpers: base model, objective and its parameters,
+    the measured FD where ``onestep eval`` left one in the run, licence, how to load."""
+    from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH, populate_model_card
+    from huggingface_hub import ModelCard, ModelCardData
+
+    t, o = cfg.teacher, cfg.objective
+    teacher = t.path if t.kind == "diffusers" else "an analytic Gaussian mixture"
+    params = ", ".join(f"{k}={v}" for k, v in o.params.items())
+    measured = ""
+    eval_file = Path(run_dir) / "eval.json"
+    if eval_file.is_file():
+        try:
+            scores = json.loads(eval_file.read_text())
+            measured = "\n## Measured\n\n" + "\n".join(f"- {k}: {v}" for k, v in scores.items()
+                                                    if isinstance(v, (int, float, str))) + "\n"
+        except ValueError:
+            pass
+    licence = _teacher_licence(t.path) if t.kind == "diffusers" else None
+    description = f"""# One-step generator distilled from {teacher}
+
+Distilled with [onestep](https://pypi.org/project/onestep/) ({o.name}: {params}); {cfg.train.steps}
+iterations at batch {cfg.train.batch_size}, generator at sigma_init {cfg.generator.sigma_init}
+({'EMA weights' if ema else 'raw weights'}). One network evaluation per image; guidance-free.
+{measured}
+## Load
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("<this directory>", trust_remote_code=True)  # without onestep
+# or: from onestep import OneStepPipeline; pipe = OneStepPipeline.from_pretrained("<this directory>")
+images = pipe(num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images
+```
+
+Licence: {licence or "that of the teacher model (not recorded in its directory)"}.
+"""
+    # what diffusers' load_or_create_model_card builds for a training script, without its hub lookup
+    data = ModelCardData(license=licence, library_name="diffusers", base_model=str(teacher) if t.kind == "diffusers"
+                         else None)
+    card = ModelCard.from_template(card_data=data, template_path=MODEL_CARD_TEMPLATE_PATH,
+                                   model_description=description)
+    tags = ["diffusers", "one-step", "distillation", o.name]
+    populate_model_card(card, tags=tags).save(directory / "README.md")
+
+
+def _teacher_licence(path) -> str | None:
+    """The licence a teacher directory's README front matter names, if any."""
+    readme = Path(str(path)) / "README.md"
+    if not readme.is_file():
+        return None
+    for line in readme.read_text(errors="replace").splitlines()[:40]:
+        if line.strip().startswith("license:"):
+            return line.split(":", 1)[1].strip() or None
+    return None
 
 
 def load_pipeline(path, device="cpu") -> OneStepPipeline:
@@ -60,7 +120,7 @@ def load_pipeline(path, device="cpu") -> OneStepPipeline:
         raise OnestepError(f"{index_file} is not valid JSON; re-export the pipeline") from None
     for name, entry in index.items():
         is_component = isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)
-        if name.startswith("_") or not is_component or name == "tokenizer":
+        if name.startswith("_") or not is_component or name in ("tokenizer", "scheduler"):
             continue
         folder = path / name
         weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []

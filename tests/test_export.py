@@ -4,6 +4,7 @@ broken directories give one-line errors."""
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +23,20 @@ from onestep.core.samplers import index_seed
 from onestep.errors import OnestepError
 from onestep.export import load_pipeline
 from onestep.portable.pipeline import OneStepPipeline
+
+ALLOWED_IMPORTS = {"torch", "diffusers", "transformers", "__future__"}
+
+
+def _top_level_imports(path) -> set[str]:
+    import ast
+
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.col_offset == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
 
 
 def _distill(tmp_path, teacher_path, steps=2, **extra):
@@ -62,9 +77,9 @@ def test_export_loads_both_ways_and_matches_sample(class_run, tmp_path, monkeypa
     assert {"model_index.json", "pipeline.py", "unet"} <= files
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == ["pipeline", "OneStepPipeline"]
     assert list((out / "unet").glob("*.safetensors"))
-    # the exported pipeline.py imports only torch and diffusers
-    imports = [ln for ln in (out / "pipeline.py").read_text().splitlines() if ln.startswith(("import ", "from "))]
-    assert all(any(m in ln for m in ("torch", "diffusers", "__future__")) for ln in imports), imports
+    # the exported code imports only the standard library, torch, diffusers (and transformers' CLIP)
+    for code in (out / "pipeline.py", out / "scheduler" / "onestep_scheduler.py"):
+        assert _top_level_imports(code) <= ALLOWED_IMPORTS | set(sys.stdlib_module_names), code
 
     n, seed = 10, 5
     npy = tmp_path / "x.npy"

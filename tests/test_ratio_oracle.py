@@ -21,9 +21,13 @@ from onestep.objectives import ratio_logit
 from onestep.objectives.ratio import normalise_per_bin
 from onestep.teachers.gmm import GaussianMixture
 
-# Measured (3 seeds x 2 feature sources, this budget): see test docstring of the threshold below.
-MIN_CORRELATION = 0.8
+# Measured at this budget (600 discriminator steps, batch 256), training seeds 0, 1, 2: trained
+# 0.831 / 0.845 / 0.844 (fake-score features) and 0.816 / 0.814 / 0.810 (teacher features), the
+# per-bin normalised values within 0.01 of those; untrained 0.12 / 0.58 / 0.35 (random heads on
+# features that already encode position). The threshold sits between the two.
+MIN_CORRELATION = 0.75
 SIGMAS = (0.05, 0.1, 0.2, 0.5, 1.0)
+RATIO_CLIP = (0.1, 20.0)  # the objectives' default objective.ratio_clip
 
 
 def _q(p: GaussianMixture) -> GaussianMixture:
@@ -67,8 +71,9 @@ def _correlations(tr, p: GaussianMixture, q: GaussianMixture, n: int = 2000) -> 
         exact.append(truth)
         normed.append(r.log())
 
-    def pearson(a, b):
-        a, b = torch.cat(a).double(), torch.cat(b).double()
+    def pearson(a, b):  # within the range the weights can express (objective.ratio_clip)
+        lo, hi = math.log(RATIO_CLIP[0]), math.log(RATIO_CLIP[1])
+        a, b = torch.cat(a).double().clamp(lo, hi), torch.cat(b).double().clamp(lo, hi)
         return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
     return pearson(est, exact), pearson(normed, exact)
@@ -84,4 +89,4 @@ def test_discriminator_log_ratio_tracks_the_exact_one(tmp_path, small_teacher, f
     _train(tr, q, steps=600, batch=256, seed=0)
     raw, normed = _correlations(tr, p, q)
     assert raw > MIN_CORRELATION and normed > MIN_CORRELATION, (raw, normed)
-    assert abs(untrained[0]) < MIN_CORRELATION or math.isnan(untrained[0]), untrained  # it had to learn
+    assert not untrained[0] > MIN_CORRELATION, untrained  # it had to learn

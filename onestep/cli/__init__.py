@@ -1,4 +1,4 @@
-"""Command line: ``onestep distill | sample | export | train-teacher | demo | objectives | keys``.
+"""Command line: ``onestep distill | sample | export | eval | train-teacher | demo | objectives | keys``.
 
 User errors print one line (``onestep: error: ...``) and exit 2; ``--debug`` shows the traceback.
 Warnings are one line too. What a command does lives in ``commands.py``; this module parses.
@@ -64,6 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --output")
     _add_common(p)
 
+    p = sub.add_parser("eval", help="FID / KID / IS / precision-recall of a run or pipeline against a reference")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a distillation run directory")
+    src.add_argument("--pipeline", help="an exported pipeline directory")
+    p.add_argument("--ref", required=True,
+                   help="reference: digits, digits16, an image folder, .npy/.npz, or a cached statistics name")
+    p.add_argument("--ema", action="store_true", help="score the run's EMA generator")
+    p.add_argument("--num-samples", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--metrics", default="fid,kid,isc,prc", help="comma-separated: fid, kid, isc, prc")
+    p.add_argument("--features", choices=["inception", "digits"], default=None,
+                   help="feature network (default: digits for 8x8/16x16 grey images, inception otherwise)")
+    p.add_argument("--inception-weights", default=None,
+                   help="weights-inception-2015-12-05-6726825d.pth (default: $TORCH_HOME/hub/checkpoints)")
+    p.add_argument("--cache-root", default=None, help="where reference statistics are cached")
+    p.add_argument("--prompts", default=None, help="prompts file for text-to-image pipelines (cycled)")
+    p.add_argument("--output", default=None, help="also write the results to this JSON file")
+    _add_common(p)
+
     p = sub.add_parser("train-teacher", help="train a bundled teacher (EDM loss) as a diffusers pipeline")
     p.add_argument("--config", required=True, help="YAML teacher-training config (configs/digits-teacher.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -85,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"distill": commands.cmd_distill, "sample": commands.cmd_sample, "export": commands.cmd_export,
+            "eval": commands.cmd_eval,
             "train-teacher": commands.cmd_train_teacher, "demo": commands.cmd_demo,
             "objectives": commands.cmd_objectives, "keys": commands.cmd_keys}
 

@@ -122,6 +122,37 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+
+    from ..core.io import atomic_write_text
+    from ..core.paths import writable_file
+    from ..evaluation import score
+    from ..teachers.diffusers import read_prompts
+
+    for flag, value in (("--num-samples", args.num_samples), ("--batch-size", args.batch_size)):
+        if value < 2:
+            raise OnestepError(f"{flag} must be at least 2, got {value}")
+    out = writable_file(args.output, "--output", (".json",)) if args.output else None
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.run:
+        images = score.run_samples(args.run, args.ema, args.num_samples, args.seed, args.batch_size)
+    else:
+        prompts = read_prompts(args.prompts) if args.prompts else None
+        images = score.pipeline_samples(args.pipeline, args.num_samples, args.seed, args.batch_size, prompts)
+    result = score.evaluate(images, args.ref, args.features, metrics, args.cache_root, args.inception_weights,
+                            args.batch_size)
+    result.update(seed=args.seed, source=str(args.run or args.pipeline), ema=bool(args.ema))
+    text = json.dumps(result, indent=1)
+    print(score.table(result))
+    print(text)
+    if out is not None:
+        atomic_write_text(text, out)
+    if args.run:  # the run's model card (onestep export) quotes it
+        atomic_write_text(text, Path(args.run) / "eval.json")
+    return 0
+
+
 def cmd_train_teacher(args) -> int:
     from .. import config as config_mod
     from ..core.paths import new_output_dir

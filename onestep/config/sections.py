@@ -77,8 +77,8 @@ class GanConfig:
 @dataclass
 class DiscriminatorConfig:
     """The discriminator: the density ratio of f-distill / Uni-Instruct and the GAN term's logits.
-    Built only when the objective needs the ratio or the GAN term is on. Null keys take the
-    objective's recipe (``onestep objectives``), else the defaults in parentheses."""
+    Built when the objective needs the ratio, the GAN term is on, or ``monitor`` asks for it. Null
+    keys take the objective's recipe (``onestep objectives``), else the defaults in parentheses."""
 
     features: Literal["teacher", "fake_score"] | None = key(
         None, "features of the frozen teacher or of the trainable fake score's encoder (null: recipe, else fake_score)")
@@ -99,6 +99,8 @@ class DiscriminatorConfig:
         None, "weight of its loss next to the fake-score loss (one optimizer step) (null: recipe, else 1)", ge=0)
     r1_weight: float = key(0.0, "R1 penalty on real samples", ge=0)
     lr: float | None = key(None, "learning rate of its heads (null: train.lr_fake)", gt=0)
+    monitor: bool = key(False, "train it (and log its held-out accuracy and log-ratio spread) even when "
+                               "neither the objective nor the GAN term reads it")
 
     def check(self, prefix: str) -> None:
         if self.head == "mean" and self.features == "teacher":
@@ -158,7 +160,11 @@ class TrainConfig:
     retain_freed_memory: bool = key(True, "CPU: keep freed memory in the process (glibc mallopt)")
     checkpoint_every: int = key(500, "steps between checkpoints", ge=1)
     keep_checkpoints: int = key(2, "checkpoints kept (older ones are deleted)", ge=1)
-    log_every: int = key(50, "steps between rows of stats.jsonl", ge=1)
+    log_every: int = key(50, "steps between rows of stats.jsonl (and of the tracker)", ge=1)
+    report_to: Literal["none", "tensorboard", "wandb"] = key(
+        "none", "experiment tracker (through accelerate; pip install 'onestep[tensorboard]' or '[wandb]')")
+    sample_every: int = key(500, "steps between validation sample grids from fixed noise (<run>/samples/, the "
+                                 "tracker); 0: none; image teachers only", ge=0)
     max_nonfinite: int = key(10, "abort after this many non-finite steps in a row", ge=1)
     progress: bool = key(True, "progress bar")
 

@@ -7,7 +7,6 @@ file. Nothing is pickled: tensors go to safetensors, everything else to JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +16,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..errors import OnestepError
-from ..portable import bundle
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -159,20 +157,18 @@ def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
     """Write a diffusers pipeline as a directory that loads without ``onestep``, atomically.
     The caller checks ``output`` first (``core.paths.new_output_dir``).
 
-    ``save_pretrained`` output (safetensors), the bundled ``pipeline.py`` (``portable.bundle``)
-    and a ``model_index.json`` naming the class in it; ``write_extra(tmp_dir)`` adds files
-    before the directory is renamed into place. Returns ``output``.
+    ``save_pretrained`` output (safetensors), the bundled ``pipeline.py`` and scheduler code
+    (``portable.pipeline.write_remote_code``) named in ``model_index.json``; ``write_extra(tmp_dir)``
+    adds files before the directory is renamed into place. Returns ``output``.
     """
     output = Path(output)
     tmp = output.with_name(output.name + ".partial")
     if tmp.is_dir():  # the leftover of an interrupted write (paths.new_output_dir checked it)
         shutil.rmtree(tmp)
+    from ..portable.pipeline import write_remote_code  # (imports diffusers: only when writing one)
+
     pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "pipeline.py").write_text(bundle())
-    index_path = tmp / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index["_class_name"] = ["pipeline", type(pipe).__name__]
-    index_path.write_text(json.dumps(index, indent=2))
+    write_remote_code(tmp, type(pipe).__name__)
     if write_extra is not None:
         write_extra(tmp)
     old = output.with_name(output.name + ".replaced")

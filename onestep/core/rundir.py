@@ -31,6 +31,9 @@ TEACHER_NETWORK_FILE = "teacher_network.safetensors"
 LOCK_FILE = ".onestep.lock"
 _PATTERN = re.compile(r"^step-(\d{8})\.safetensors$")
 _TMP = re.compile(r"^\..+\.\d+\.tmp$")  # core.io's temporary names
+# stats.jsonl's "logr_std": the spread of the discriminator's log-ratio in these sigma bins (edges;
+# the first bin starts at 0, the last is open)
+SPREAD_EDGES = (0.05, 0.2, 1.0, 5.0)
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -125,6 +128,11 @@ class RunLock:
             self._fh = None
 
 
+def is_temporary(name: str) -> bool:
+    """Is ``name`` one of core.io's temporary files (``.<name>.<pid>.tmp``)?"""
+    return bool(_TMP.match(name))
+
+
 def remove_stale_temporaries(run_dir) -> list[Path]:
     """Delete our own temporary files (``.<name>.<pid>.tmp``) left by killed writes; call with the
     run's lock held, when no other writer can be active. Returns what was removed."""
@@ -132,7 +140,7 @@ def remove_stale_temporaries(run_dir) -> list[Path]:
     for folder in (Path(run_dir), Path(run_dir) / CKPT_DIR):
         if folder.is_dir():
             for f in folder.iterdir():
-                if _TMP.match(f.name) and f.is_file():
+                if is_temporary(f.name) and f.is_file():
                     f.unlink(missing_ok=True)
                     removed.append(f)
     return removed

@@ -17,15 +17,13 @@ import math
 import torch
 
 from ..config import Config
+from ..core.rundir import SPREAD_EDGES
 from ..core.schedule import edm_loss_weight
 from ..core.tensors import cat_cond, expand
 from ..objectives import r1_penalty, ratio_logit
 from ..objectives.gan import accuracy
 from ..objectives.registry import FAKE
 from .draws import GlobalDraws
-
-# log-sigma bins of the held-out log-ratio spread (edges; the last bin is open)
-SPREAD_EDGES = (0.05, 0.2, 1.0, 5.0)
 
 
 def _split(t, sizes):

@@ -95,7 +95,7 @@ class Distillation:
     @staticmethod
     def needs_discriminator(config: Config) -> bool:
         spec, params = config.objective.resolve()
-        return spec.needs_ratio(params) or config.gan.weight > 0
+        return spec.needs_ratio(params) or config.gan.weight > 0 or config.discriminator.monitor
 
     def critics_frozen(self):
         """Context: no parameter gradients into the fake score and discriminator (their inputs

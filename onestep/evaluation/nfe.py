@@ -57,25 +57,3 @@ def nfe_sweep(teacher, schedule, scorer: FDScorer, nfes=(1, 3, 7, 15, 31, 63), n
             row["samples"] = x
         rows.append(row)
     return rows
-
-
-def save_fd_plot(sweep: list[dict], student: dict | None, path, title: str = "FD-digits vs NFE") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot([r["nfe"] for r in sweep], [r["fd"] for r in sweep], "o-", label="teacher (Heun)")
-    if student is not None:
-        ax.plot([1], [student["fd"]], "r*", markersize=14, label=f"one-step student ({student.get('objective', '')})")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("network evaluations (NFE)")
-    ax.set_ylabel("Frechet distance (digits features)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import OnestepError
 from ..portable.edm_form import denoise
+from ..portable.scheduler import OneStepScheduler
 from .denoiser import Denoiser
 
 VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler")
@@ -164,9 +165,10 @@ class DiffusersDenoiser(Denoiser):
     # -- export -----------------------------------------------------------------------
     def pipeline_parts(self, sigma_init: float) -> dict:
         timestep_init = float(self.sigma_to_t(torch.tensor([sigma_init], dtype=torch.float32))[0])
-        return {"unet": self.unet, "parameterization": self.kind, "prediction_type": self.prediction_type,
-                "sigma_init": sigma_init, "timestep_init": timestep_init, "sigma_data": self.sigma_data,
-                "sample_shape": list(self.sample_shape)}
+        scheduler = OneStepScheduler(sigma_init=float(sigma_init), timestep_init=timestep_init,
+                                     parameterization=self.kind, prediction_type=self.prediction_type,
+                                     sigma_data=self.sigma_data)
+        return {"unet": self.unet, "scheduler": scheduler}
 
     def stock_scheduler(self, sigma_init: float):
         """A stock diffusers 1-step scheduler reproducing the generator, or None.
@@ -181,7 +183,7 @@ class DiffusersDenoiser(Denoiser):
         abar = torch.tensor(self.param["alphas_cumprod"], dtype=torch.float64)
         alphas = abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
         common = {"trained_betas": (1 - alphas).tolist(), "prediction_type": self.prediction_type,
-                  "num_train_timesteps": len(self.log_sigmas)}
+                  "num_train_timesteps": len(self.log_sigmas), "steps_offset": 1}
         if self.cond_kind == "text":
             return LCMScheduler(**common, set_alpha_to_one=True, clip_sample=False)
         return DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing", clip_sample=False)

@@ -67,9 +67,23 @@ def denoised_from_output(
     raise ValueError(f"unsupported prediction type {prediction_type!r} for {parameterization!r}")
 
 
+FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def compute_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype a module computes in: its parameters' dtype, or, under diffusers' layerwise casting
+    (weights stored in float8), the dtype of the parameters it keeps uncast (norms, embeddings)."""
+    fallback = None
+    for p in module.parameters():
+        if p.dtype not in FLOAT8:
+            return p.dtype
+        fallback = fallback or p.dtype
+    return torch.bfloat16 if fallback in FLOAT8 else torch.float32
+
+
 def call_unet(unet, x_in: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
     """One UNet call with the right conditioning keyword; returns fp32 output."""
-    dtype = next(unet.parameters()).dtype
+    dtype = compute_dtype(unet)
     kwargs = {}
     if cond is not None:
         if cond.dtype in (torch.int32, torch.int64):

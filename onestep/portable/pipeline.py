@@ -11,12 +11,49 @@ the EDM denoiser form of ``edm_form``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils import logging
 
-from .edm_form import decode_latents, denoise, heun_sample, index_seed, karras_sigma
+try:  # the CLIP classes of text-to-image exports; pixel exports load without transformers
+    from transformers import CLIPTextModel, CLIPTokenizer
+except ImportError:  # pragma: no cover
+    CLIPTextModel = CLIPTokenizer = None
+
+from .edm_form import call_unet, decode_latents, denoise, heun_sample, index_seed, karras_sigma
+from .scheduler import OneStepScheduler
+
+logger = logging.get_logger(__name__)
+BUNDLED = False  # True in the single-file copy an export carries (portable.bundle sets it)
+
+
+def write_remote_code(directory: Path, pipeline_class: str) -> None:
+    """Make a saved pipeline directory loadable by plain diffusers (``trust_remote_code=True``):
+    ``pipeline.py`` (this code in one file), ``scheduler/onestep_scheduler.py``, and the classes
+    named in ``model_index.json``."""
+    import inspect
+    import json
+
+    if BUNDLED:  # running from an export: copy the files this code was loaded from
+        source = Path(inspect.getsourcefile(OneStepPipeline)).read_text()
+        scheduler_source = Path(inspect.getsourcefile(OneStepScheduler)).read_text()
+    else:  # inside onestep: assemble them
+        from onestep.portable import bundle
+
+        source, scheduler_source = bundle(), bundle(("edm_form.py", "scheduler.py"))
+    (directory / "pipeline.py").write_text(source)
+    index_path = directory / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = ["pipeline", pipeline_class]
+    entry = index.get("scheduler")
+    if isinstance(entry, list) and entry[1] == "OneStepScheduler" and (directory / "scheduler").is_dir():
+        (directory / "scheduler" / "onestep_scheduler.py").write_text(scheduler_source)
+        index["scheduler"] = ["onestep_scheduler", "OneStepScheduler"]
+    index_path.write_text(json.dumps(index, indent=2))
 
 
 @torch.no_grad()
@@ -28,8 +65,20 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 
 class OneStepPipeline(DiffusionPipeline):
-    """One network evaluation per image: unconditional, class-conditional (``class_labels``)
-    or text-conditional (``prompt``; latent models decode with the VAE).
+    r"""A one-step generator: one network evaluation per image.
+
+    Unconditional, class-conditional (``class_labels``) or text-conditional (``prompt`` /
+    ``prompt_embeds``; latent models decode with the VAE). The usual diffusers arguments are
+    accepted: ``num_inference_steps`` must be 1; ``guidance_scale`` is ignored (the student was
+    distilled from the guided teacher and is guidance-free; ``negative_prompt`` is refused);
+    ``height``/``width`` must be the trained size; ``latents`` are unit noise (scaled by the
+    scheduler's ``init_noise_sigma``); ``callback_on_step_end`` runs once.
+
+    Components:
+        unet ([`UNet2DModel`] or [`UNet2DConditionModel`]): the generator network.
+        scheduler ([`OneStepScheduler`]): its noise level, time input and parameterisation.
+        vae ([`AutoencoderKL`], optional): decodes latents (latent models).
+        text_encoder ([`CLIPTextModel`], optional), tokenizer ([`CLIPTokenizer`], optional): prompts.
 
     Noise is drawn with ``generator`` as diffusers does (one generator, or one per image);
     ``index_generators(seed, n)`` gives the per-index generators ``onestep sample`` uses.
@@ -37,86 +86,89 @@ class OneStepPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["vae", "text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
-        unet,
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
-        parameterization: str = "vp",
-        prediction_type: str = "epsilon",
-        sigma_init: float = 2.5,
-        timestep_init: float = 0.0,
-        sigma_data: float = 0.5,
-        latent_scaling: float = 1.0,
-        sample_shape: list | None = None,
+        unet: UNet2DModel | UNet2DConditionModel,
+        scheduler: OneStepScheduler,
+        vae: AutoencoderKL | None = None,
+        text_encoder: CLIPTextModel | None = None,
+        tokenizer: CLIPTokenizer | None = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-        self.register_to_config(
-            parameterization=parameterization,
-            prediction_type=prediction_type,
-            sigma_init=float(sigma_init),
-            timestep_init=float(timestep_init),
-            sigma_data=float(sigma_data),
-            latent_scaling=float(latent_scaling),
-            sample_shape=list(sample_shape) if sample_shape is not None else None,
-        )
-        self.image_processor = VaeImageProcessor(do_resize=False)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
 
+    # -- loading and saving ----------------------------------------------------------------
     @classmethod
     def load_config(cls, *args, **kwargs):
-        """An export names this file as remote code (``["pipeline", "OneStepPipeline"]``) for
-        plain diffusers; loading through this class needs no remote code, so read it as ours."""
+        """An export names its classes as remote code (``["pipeline", "OneStepPipeline"]``) for
+        plain diffusers; loading through this class needs none, so read them as ours."""
         out = super().load_config(*args, **kwargs)
         config = out[0] if isinstance(out, tuple) else out
         if isinstance(config.get("_class_name"), (list, tuple)):
             config["_class_name"] = config["_class_name"][1]
+        if isinstance(config.get("scheduler"), (list, tuple)) and config["scheduler"][1] == "OneStepScheduler":
+            config["scheduler"] = [None, None]  # passed in by from_pretrained below
         return out
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        if "scheduler" not in kwargs:
+            kwargs["scheduler"] = OneStepScheduler.from_pretrained(
+                pretrained_model_name_or_path, subfolder="scheduler",
+                **{k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs})
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``DiffusionPipeline.save_pretrained``, made loadable by plain diffusers: the pipeline and
+        scheduler code is written next to the weights and named in ``model_index.json``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(Path(save_directory), type(self).__name__)
+
+    # -- the diffusers conventions -----------------------------------------------------------
+    @staticmethod
+    def index_generators(seed: int, n: int, start: int = 0) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(index_seed(seed, start + i)) for i in range(n)]
 
     index_seed = staticmethod(index_seed)
 
-    @classmethod
-    def index_generators(cls, seed: int, n: int, start: int = 0) -> list[torch.Generator]:
-        return [torch.Generator().manual_seed(index_seed(seed, start + i)) for i in range(n)]
-
-    def _shape(self) -> tuple[int, ...]:
-        if self.config.sample_shape:
-            return tuple(self.config.sample_shape)
-        c = self.unet.config
-        return (c.in_channels, c.sample_size, c.sample_size)
-
-    def generate_latents(self, z: torch.Tensor, cond=None) -> torch.Tensor:
-        """``x_g = D(sigma_init z, sigma_init, cond)`` for unit noise z (B, *shape)."""
-        cfg = self.config
-        b = z.shape[0]
-        sigma = torch.full((b,), cfg.sigma_init, device=z.device, dtype=torch.float32)
-        timestep = torch.full((b,), cfg.timestep_init, device=z.device, dtype=torch.float32)
-        return denoise(self.unet, cfg.sigma_init * z, sigma, timestep, cond,
-                       cfg.parameterization, cfg.prediction_type, cfg.sigma_data)
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        batch_size: int = 1,
-        class_labels: list[int] | None = None,
-        prompt: str | list[str] | None = None,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-    ):
-        device = self.unet.device
-        cond = None
-        if prompt is not None:
+    def encode_prompt(self, prompt, device=None, num_images_per_prompt: int = 1, do_classifier_free_guidance=False,
+                      negative_prompt=None, prompt_embeds: torch.Tensor | None = None, **kwargs):
+        """(prompt_embeds, None): CLIP embeddings repeated per image; the second slot (the negative
+        embeddings of guided pipelines) is always None, the student being guidance-free."""
+        if negative_prompt is not None or do_classifier_free_guidance:
+            raise ValueError("this one-step student is guidance-free: negative_prompt and classifier-free "
+                             "guidance do not apply (it was distilled from the guided teacher)")
+        if prompt_embeds is None:
             if self.text_encoder is None or self.tokenizer is None:
                 raise ValueError("this pipeline has no text encoder: drop `prompt`")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            embeds = encode_prompts(self.tokenizer, self.text_encoder, prompts)
-            cond = embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
-            n = len(cond)
-        elif class_labels is not None:
+            prompt_embeds = encode_prompts(self.tokenizer, self.text_encoder, prompts)
+        device = device or self._execution_device
+        return prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, dim=0), None
+
+    def _sample_shape(self, height, width) -> tuple[int, ...]:
+        c, size = self.unet.config.in_channels, self.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        trained = (h * self.vae_scale_factor, w * self.vae_scale_factor)
+        if (height or trained[0], width or trained[1]) != trained:
+            raise ValueError(f"this one-step generator makes {trained[0]}x{trained[1]} images; got height={height}, "
+                             f"width={width}")
+        return (c, h, w)
+
+    def _conditioning(self, prompt, prompt_embeds, negative_prompt, class_labels, num_images_per_prompt, batch_size,
+                      device):
+        """(cond or None, number of images)."""
+        if prompt is not None or prompt_embeds is not None:
+            cond, _ = self.encode_prompt(prompt, device, num_images_per_prompt, negative_prompt=negative_prompt,
+                                         prompt_embeds=prompt_embeds)
+            return cond, len(cond)
+        if negative_prompt is not None:
+            raise ValueError("negative_prompt needs classifier-free guidance, which this guidance-free student does not use")
+        if class_labels is not None:
             labels = [int(c) for c in (class_labels if isinstance(class_labels, (list, tuple)) else [class_labels])]
             num_classes = getattr(self.unet.config, "num_class_embeds", None)
             if not num_classes:
@@ -124,20 +176,64 @@ class OneStepPipeline(DiffusionPipeline):
             if any(not 0 <= c < num_classes for c in labels):
                 raise ValueError(f"class labels must be in [0, {num_classes})")
             labels = [c for c in labels for _ in range(num_images_per_prompt)]
-            cond = torch.tensor(labels, device=device, dtype=torch.long)
-            n = len(labels)
+            return torch.tensor(labels, device=device, dtype=torch.long), len(labels)
+        return None, batch_size * num_images_per_prompt
+
+    def generate_latents(self, z: torch.Tensor, cond=None) -> torch.Tensor:
+        """``x_g = D(sigma_init z, sigma_init, cond)`` for unit noise z (B, *shape); fp32."""
+        sched = self.scheduler
+        x = sched.init_noise_sigma * z.float()
+        t = torch.full((len(z),), float(sched.timesteps[0]), device=z.device, dtype=torch.float32)
+        out = call_unet(self.unet, sched.scale_model_input(x, t), t, cond)
+        return sched.step(out, t, x).prev_sample
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        class_labels: int | list[int] | None = None,
+        batch_size: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 1,
+        guidance_scale: float = 0.0,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+    ):
+        if guidance_scale not in (0.0, 1.0):
+            logger.warning(f"guidance_scale={guidance_scale} is ignored: this one-step student is guidance-free")
+        self.scheduler.set_timesteps(num_inference_steps)
+        shape = self._sample_shape(height, width)
+        device = self._execution_device
+        cond, n = self._conditioning(prompt, prompt_embeds, negative_prompt, class_labels, num_images_per_prompt,
+                                     batch_size, device)
+        if latents is not None:
+            if tuple(latents.shape) != (n, *shape):
+                raise ValueError(f"latents must have shape {(n, *shape)}, got {tuple(latents.shape)}")
+            z = latents.to(device)
         else:
-            n = batch_size * num_images_per_prompt
-        if isinstance(generator, list) and len(generator) != n:
-            raise ValueError(f"got {len(generator)} generators for {n} images")
-        z = _randn((n, *self._shape()), generator).to(device)
+            if isinstance(generator, list) and len(generator) != n:
+                raise ValueError(f"got {len(generator)} generators for {n} images")
+            z = _randn((n, *shape), generator).to(device)
         x = self.generate_latents(z, cond)
+        if callback_on_step_end is not None:
+            t = self.scheduler.timesteps[0]
+            outputs = callback_on_step_end(self, 0, t, {"latents": x})
+            x = outputs.pop("latents", x)
         if output_type == "latent":
             images = x
         else:
             if self.vae is not None:
-                x = decode_latents(self.vae, x, self.config.latent_scaling)
+                x = decode_latents(self.vae, x, self.vae.config.scaling_factor)
             images = self.image_processor.postprocess(x.clamp(-1, 1), output_type=output_type)
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)

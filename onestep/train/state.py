@@ -32,7 +32,7 @@ FORMAT = "onestep-checkpoint-2"  # 2: the discriminator's tensors are "discrimin
 # (learning rates may change: the way out of a divergence abort is to resume with lower ones)
 RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.progress",
                      "train.keep_checkpoints", "train.retain_freed_memory", "train.lr_generator", "train.lr_fake",
-                     "discriminator.lr", "train.max_nonfinite"}
+                     "discriminator.lr", "train.max_nonfinite", "train.report_to", "train.sample_every"}
 
 
 def _optimizer(opt):

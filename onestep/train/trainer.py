@@ -34,15 +34,17 @@ from ..core.rundir import (
 from ..distill.draws import GlobalDraws
 from ..distill.method import Distillation, Networks
 from ..errors import OnestepError
-from . import state
+from . import state, tracking
 from .allocator import retain_freed_memory
 from .ema import EMA, ema_beta
 
 
-def start_accelerator(train: config_mod.TrainConfig) -> Accelerator:
-    """The run's Accelerator, with every global RNG seeded by ``train.seed``."""
+def start_accelerator(train: config_mod.TrainConfig, run_dir=None) -> Accelerator:
+    """The run's Accelerator (with its experiment tracker), every global RNG seeded by ``train.seed``."""
+    tracking.check_tracker(train.report_to)
+    tracker = {} if train.report_to == "none" else {"log_with": train.report_to, "project_dir": str(run_dir)}
     acc = Accelerator(mixed_precision=train.mixed_precision, gradient_accumulation_steps=train.grad_accum,
-                      cpu=not torch.cuda.is_available())
+                      cpu=not torch.cuda.is_available(), **tracker)
     if acc.device.type == "cpu" and train.retain_freed_memory:
         retain_freed_memory()
     set_seed(train.seed)
@@ -245,6 +247,8 @@ class Trainer:
             atomic_write_text(config_mod.dump_yaml(self.cfg), self.run_dir / CONFIG_FILE)
             atomic_write_text(json.dumps(self.teacher.network.spec(), indent=1), self.run_dir / NETWORK_FILE)
             state.truncate_stats(self.run_dir, self.step)
+            tracking.start(self.acc, tr.report_to, config_mod.to_dict(self.cfg))
+        grid = tracking.SampleGrid(self.teacher) if tr.sample_every and len(self.teacher.sample_shape) == 3 else None
         bar = tqdm(total=tr.steps, initial=self.step, desc=f"distill {self.method.spec.name}",
                    disable=not (tr.progress and main), dynamic_ncols=True)
         window: dict[str, list[float]] = {}
@@ -263,11 +267,18 @@ class Trainer:
                 if main:
                     with open(self.run_dir / STATS_FILE, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
+                    tracking.log_row(self.acc, tr.report_to, row, self.step)
                 bar.set_postfix(loss_g=f"{row['loss_g']:.4g}", loss_f=f"{row['loss_f']:.4g}")
                 window, t0 = {}, time.perf_counter()
+            if grid is not None and main and (self.step % tr.sample_every == 0 or self.step == tr.steps):
+                generator = self.ema.module if self.ema is not None else self.method.nets.plain_generator
+                picture = grid.save(grid.render(generator, self.device), self.run_dir, self.step)
+                tracking.log_image(self.acc, tr.report_to, "samples", picture, self.step)
             if self.step % tr.checkpoint_every == 0 or self.step == tr.steps:
                 self.save_checkpoint()
         bar.close()
+        if tr.report_to != "none":
+            self.acc.end_training()
         if fingerprint(self.teacher) != self.teacher_fingerprint:
             raise RuntimeError("teacher parameters changed during training")  # an invariant, not user error
         return stats

@@ -10,12 +10,12 @@ import torch
 from . import config as config_mod
 from .core.io import load_safetensors, unpack_module
 from .core.rundir import NETWORK_FILE, latest_checkpoint
-from .core.tensors import cycled_labels
+from .core.tensors import cycled_labels, take_rows
 from .errors import OnestepError
 from .nets.generator import OneStepGenerator
 from .nets.spec import build_network
 from .portable.edm_form import decode_latents
-from .portable.pipeline import encode_prompts
+from .portable.prompts import TEXT_PARTS
 from .teachers.diffusers import load_components, read_prompts
 
 
@@ -56,10 +56,10 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tupl
 
 
 def auxiliary_components(network, cfg) -> dict:
-    """The teacher's VAE / text encoder / tokenizer that a latent or text run needs ({} otherwise)."""
+    """The teacher's VAE and text encoders / tokenizers that a latent or text run needs ({} otherwise)."""
     if network.cond_kind != "text" and not network.is_latent:
         return {}
-    return load_components(cfg.teacher.path, names=("vae", "text_encoder", "tokenizer"))
+    return load_components(cfg.teacher.path, names=("vae", *TEXT_PARTS))
 
 
 def conditioning(network, cfg, class_labels: list[int] | None = None, prompts: list[str] | None = None):
@@ -82,8 +82,8 @@ def conditioning(network, cfg, class_labels: list[int] | None = None, prompts: l
         return (lambda start, count: cycled_labels(start, count, labels)), decode
     if network.cond_kind == "text":
         texts = prompts or read_prompts(cfg.teacher.prompts)
-        embeds = encode_prompts(parts["tokenizer"], parts["text_encoder"], texts)
-        return (lambda start, count: embeds[cycled_labels(start, count, len(texts))]), decode
+        cond, _ = network.encode_prompts(parts, texts, parts.get("vae"))
+        return (lambda start, count: take_rows(cond, cycled_labels(start, count, len(texts)))), decode
     if class_labels:
         raise OnestepError("--class-label given, but this run is not class-conditional")
     return None, decode

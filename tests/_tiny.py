@@ -65,3 +65,95 @@ def save_latent_pipeline(path: Path, seed=0) -> str:
                                    requires_safety_checker=False)
     pipe.save_pretrained(path)
     return str(path)
+
+
+def tiny_vae(shift_factor=None):
+    from diffusers import AutoencoderKL
+
+    kwargs = {"shift_factor": shift_factor, "scaling_factor": 1.5} if shift_factor is not None else {}
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=4, sample_size=16, **kwargs)
+
+
+def clip_encoder(projection: bool, hidden=32, seed=0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(hidden_size=hidden, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                         vocab_size=len(clip_tokenizer()), max_position_embeddings=16, projection_dim=32)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+
+def t5_tokenizer():
+    """A character-level T5 tokenizer built offline (the real one is a download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "▁abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+                           model_max_length=16)
+
+
+def save_dit_pipeline(path: Path, seed=0) -> str:
+    """DiTPipeline layout: class-conditional latent transformer (1000 classes + the null class)."""
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                        num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
+                                        norm_num_groups=4)
+    DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=DDIMScheduler()).save_pretrained(path)
+    return str(path)
+
+
+def save_sd3_pipeline(path: Path, seed=0) -> str:
+    """SD3 layout: joint transformer, two CLIP encoders with projections, no T5, flow matching with shift 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16,
+                                        pooled_projection_dim=64, out_channels=4, pos_embed_max_size=8)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=tiny_vae(shift_factor=0.06), text_encoder=clip_encoder(True, seed=1),
+                                    tokenizer=clip_tokenizer(), text_encoder_2=clip_encoder(True, seed=2),
+                                    tokenizer_2=clip_tokenizer(), text_encoder_3=None, tokenizer_3=None)
+    pipe.save_pretrained(path)
+    return str(path)
+
+
+def save_sdxl_pipeline(path: Path, seed=0) -> str:
+    """SDXL layout: UNet with text_time added conditioning, two CLIP encoders."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+                                norm_num_groups=4, attention_head_dim=4, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8)
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=clip_encoder(False, seed=1),
+                                     text_encoder_2=clip_encoder(True, seed=2), tokenizer=clip_tokenizer(),
+                                     tokenizer_2=clip_tokenizer(), unet=unet, scheduler=EulerDiscreteScheduler())
+    pipe.save_pretrained(path)
+    return str(path)
+
+
+def save_pixart_pipeline(path: Path, seed=0) -> str:
+    """PixArt layout: PixArt transformer (learned variance), T5 encoder."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                           num_layers=2, cross_attention_dim=16, sample_size=8, patch_size=2,
+                                           caption_channels=32, norm_type="ada_norm_single")
+    tokenizer = t5_tokenizer()
+    encoder = T5EncoderModel(T5Config(d_model=32, d_ff=37, num_layers=2, num_heads=2, d_kv=16,
+                                      vocab_size=len(tokenizer)))
+    PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=tiny_vae(), transformer=transformer,
+                        scheduler=DPMSolverMultistepScheduler()).save_pretrained(path)
+    return str(path)

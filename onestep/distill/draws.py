@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..core.schedule import ScheduleConfig, sample_sigma
+from ..core.tensors import cond_len, take_rows, to_device
 
 SigmaSpec = tuple[str, tuple[float, float] | None]  # (sampler name, range or None)
 
@@ -28,14 +29,11 @@ class GlobalDraws:
         return self.batch_size // self.world
 
     def rows(self, t):
-        """This process's rows of a global-batch tensor (or tuple of them, or None), on the device."""
+        """This process's rows of a global-batch tensor or conditioning tree (or None), on the device."""
         if t is None:
             return None
-        local = (len(t) if torch.is_tensor(t) else len(t[0])) // self.world
-        lo, hi = self.rank * local, (self.rank + 1) * local
-        if torch.is_tensor(t):
-            return t[lo:hi].to(self.device)
-        return type(t)(c[lo:hi].to(self.device) if torch.is_tensor(c) else c for c in t)
+        local = cond_len(t) // self.world
+        return to_device(take_rows(t, slice(self.rank * local, (self.rank + 1) * local)), self.device)
 
     def randn(self, *shape: int) -> torch.Tensor:
         """Standard normal (local batch, *shape)."""

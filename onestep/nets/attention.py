@@ -10,6 +10,7 @@ falls back with a warning (at selection, or per call for shapes a kernel rejects
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 
@@ -64,28 +65,39 @@ def resolve(backend: str, device: torch.device | str, dtype: torch.dtype = torch
 
 
 class KernelProcessor:
-    """diffusers attention processor running SDPA under one kernel (or xformers).
+    """Wraps an attention layer's own diffusers processor (plain, joint (SD3), ...) so that its
+    SDPA calls run under one kernel; ``xformers`` replaces the plain processor with diffusers'
+    xformers one (other processors run under the memory-efficient SDPA kernel instead).
 
     Falls back to the math kernel, warning once, for inputs the kernel rejects.
     """
 
-    def __init__(self, backend: str):
-        from diffusers.models.attention_processor import AttnProcessor2_0, XFormersAttnProcessor
+    def __init__(self, backend: str, original):
+        from diffusers.models.attention_processor import XFormersAttnProcessor
 
-        self.backend = backend
-        self._inner = XFormersAttnProcessor() if backend == "xformers" else AttnProcessor2_0()
-        self._math = AttnProcessor2_0()
+        self.backend, self.original = backend, original
+        self._inner = original
+        self._kernels = [_SDPA.get(backend, SDPBackend.EFFICIENT_ATTENTION)]
+        if backend == "xformers" and type(original).__name__ == "AttnProcessor2_0":
+            self._inner, self._kernels = XFormersAttnProcessor(), None
+        params = inspect.signature(self.original.__call__).parameters
+        self._accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        self._names = set(params)
         self._warned = False
+
+    def _kwargs(self, kwargs: dict) -> dict:
+        return kwargs if self._accepts_any else {k: v for k, v in kwargs.items() if k in self._names}
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
         # explicit keywords: diffusers filters what a processor's signature does not name
         kwargs.update(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("encoder_hidden_states", "attention_mask")}
         try:
-            if self.backend == "xformers":
-                return self._inner(attn, hidden_states, *args, **kwargs)
-            with sdpa_kernel([_SDPA[self.backend]]):
-                return self._inner(attn, hidden_states, *args, **kwargs)
+            if self._kernels is None:
+                return self._inner(attn, hidden_states, *args, **self._kwargs(kwargs))
+            with sdpa_kernel(self._kernels):
+                return self._inner(attn, hidden_states, *args, **self._kwargs(kwargs))
         except RuntimeError as exc:
             if self.backend == "math":
                 raise
@@ -94,7 +106,7 @@ class KernelProcessor:
                 warnings.warn(f"attention '{self.backend}' rejected an input ({str(exc).splitlines()[0][:80]}); "
                               "using the math kernel for it", stacklevel=2)
             with sdpa_kernel([SDPBackend.MATH]):
-                return self._math(attn, hidden_states, *args, **kwargs)
+                return self.original(attn, hidden_states, *args, **self._kwargs(kwargs))
 
 
 def attention_modules(module: torch.nn.Module) -> list:
@@ -106,10 +118,10 @@ def attention_modules(module: torch.nn.Module) -> list:
 def apply_attention(modules, backend: str, device, dtype: torch.dtype = torch.float32) -> str:
     """Set one resolved backend on every attention layer of ``modules``; returns its name."""
     chosen = resolve(backend, device, dtype)
-    processor = KernelProcessor(chosen)
     for module in modules:
         if module is None:
             continue
         for attn in attention_modules(module):
-            attn.set_processor(processor)
+            original = attn.processor.original if isinstance(attn.processor, KernelProcessor) else attn.processor
+            attn.set_processor(KernelProcessor(chosen, original))
     return chosen

@@ -14,13 +14,17 @@ import torch
 
 from ..errors import OnestepError
 from ..portable.edm_form import denoise
+from ..portable.prompts import encode_text
 from ..portable.scheduler import OneStepScheduler
 from .denoiser import Denoiser
 
-VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler")
+VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler")
 EDM_SCHEDULERS = ("EDMEulerScheduler",)
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "SD3Transformer2DModel", "PixArtTransformer2DModel")
+NETWORK_CLASSES = UNET_CLASSES + TRANSFORMER_CLASSES
+TEXT_CLASSES = ("UNet2DConditionModel", "SD3Transformer2DModel", "PixArtTransformer2DModel")
 
 
 def _store_mid(module, inputs, output):
@@ -32,6 +36,19 @@ def _store_down(module, inputs, output):
     """Forward hook on a down block: keep its last state before downsampling (B, C, H, W)."""
     states = output[1]
     module._onestep_features = states[-2] if getattr(module, "downsamplers", None) else states[-1]
+
+
+def _store_tokens(module, inputs, output):
+    """Forward hook on a transformer block: keep its image tokens (B, N, D); joint blocks (SD3)
+    return (text tokens, image tokens)."""
+    module._onestep_features = output[-1] if isinstance(output, tuple) else output
+
+
+def _tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) image tokens of a square patch grid -> (B, D, h, w)."""
+    b, n, d = tokens.shape
+    side = int(round(n**0.5))
+    return tokens.transpose(1, 2).reshape(b, d, side, side)
 
 
 def parameterization_of(scheduler) -> dict:
@@ -53,22 +70,26 @@ def parameterization_of(scheduler) -> dict:
             raise OnestepError(f"unsupported prediction_type '{pred}' of {name}")
         return {"kind": "edm", "prediction_type": pred, "sigma_data": float(cfg.sigma_data),
                 "sigma_min": float(cfg.sigma_min), "sigma_max": float(cfg.sigma_max)}
-    if name in FLOW_SCHEDULERS:
-        if cfg.get("shift", 1.0) != 1.0 or cfg.get("use_dynamic_shifting", False):
-            raise OnestepError("FlowMatchEulerDiscreteScheduler with a shift is not supported")
-        return {"kind": "flow", "prediction_type": "flow", "num_train_timesteps": int(cfg.num_train_timesteps)}
+    if name in FLOW_SCHEDULERS:  # a shift (static or dynamic) moves the sampling schedule, not the
+        # network's map: at noise level t the network still takes timestep t * num_train_timesteps
+        return {"kind": "flow", "prediction_type": "flow", "num_train_timesteps": int(cfg.num_train_timesteps),
+                "shift": float(cfg.get("shift", 1.0))}
     known = ", ".join(VP_SCHEDULERS + EDM_SCHEDULERS + FLOW_SCHEDULERS)
     raise OnestepError(f"unsupported scheduler {name} (supported: {known})")
 
 
 class DiffusersDenoiser(Denoiser):
-    """EDM-form wrapper of a ``UNet2DModel`` / ``UNet2DConditionModel``.
+    """EDM-form wrapper of a diffusers UNet (``UNet2DModel``, ``UNet2DConditionModel``) or
+    transformer (``DiTTransformer2DModel``, ``SD3Transformer2DModel``, ``PixArtTransformer2DModel``);
+    ``self.unet`` holds either.
 
     forward(x (B, C, H, W), sigma (B,), cond) -> x0_hat (B, C, H, W) fp32; cond is class
     labels (B,) long, prompt embeddings (B, L, D), or None. ``return_features=True`` also
     returns the feature taps: ``[mid-block output (B, C', h, w)]`` (``feature_taps = "mid"``) or
     every down block's last state before downsampling, one per resolution, then the mid block
-    (``"encoder"``). ``latent``: the samples are a VAE's latents.
+    (``"encoder"``); for transformers the image tokens (as (B, D, h, w) maps) of the middle block,
+    or of the blocks at a quarter, half and three quarters of the depth. ``latent``: the samples
+    are a VAE's latents.
     """
 
     def __init__(self, unet: torch.nn.Module, param: dict, latent: bool = False):
@@ -82,17 +103,41 @@ class DiffusersDenoiser(Denoiser):
         cfg = unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         self.sample_shape = (cfg.in_channels, size, size)
-        if type(unet).__name__ == "UNet2DConditionModel":
+        kind = type(unet).__name__
+        self.is_transformer = kind in TRANSFORMER_CLASSES
+        if kind in TEXT_CLASSES:
             self.cond_kind = "text"
         elif getattr(cfg, "num_class_embeds", None):
             self.cond_kind, self.num_classes = "class", int(cfg.num_class_embeds)
+        elif kind == "DiTTransformer2DModel" and getattr(cfg, "num_embeds_ada_norm", None):
+            self.cond_kind, self.num_classes = "class", int(cfg.num_embeds_ada_norm)
         if self.kind == "vp":
             abar = torch.tensor(param["alphas_cumprod"], dtype=torch.float64)
             # a plain attribute, not a buffer: it must stay float64 through .float()/.to(dtype)
             self.log_sigmas = ((1 - abar) / abar).sqrt().log()
-        unet.mid_block.register_forward_hook(_store_mid)
-        for block in unet.down_blocks:
-            block.register_forward_hook(_store_down)
+        if self.is_transformer:
+            for block in unet.transformer_blocks:
+                block.register_forward_hook(_store_tokens)
+        else:
+            unet.mid_block.register_forward_hook(_store_mid)
+            for block in unet.down_blocks:
+                block.register_forward_hook(_store_down)
+
+    def _taps(self) -> list:
+        """The modules whose outputs ``feature_taps`` selects."""
+        if self.is_transformer:
+            blocks = self.unet.transformer_blocks
+            n = len(blocks)
+            picks = [n // 2] if self.feature_taps == "mid" else sorted({n // 4, n // 2, (3 * n) // 4})
+            return [blocks[min(i, n - 1)] for i in picks]
+        if self.feature_taps == "encoder":
+            return [*self.unet.down_blocks, self.unet.mid_block]
+        return [self.unet.mid_block]
+
+    def _all_hooked(self) -> list:
+        if self.is_transformer:
+            return list(self.unet.transformer_blocks)
+        return [*self.unet.down_blocks, self.unet.mid_block]
 
     # -- spec (rebuilding without the teacher) ---------------------------------------
     def spec(self) -> dict:
@@ -102,8 +147,9 @@ class DiffusersDenoiser(Denoiser):
 
     @classmethod
     def from_spec(cls, spec: dict) -> DiffusersDenoiser:
-        if spec.get("unet_class") not in UNET_CLASSES:
-            raise OnestepError(f"unsupported network class {spec.get('unet_class')!r} (supported: {', '.join(UNET_CLASSES)})")
+        if spec.get("unet_class") not in NETWORK_CLASSES:
+            raise OnestepError(f"unsupported network class {spec.get('unet_class')!r} "
+                               f"(supported: {', '.join(NETWORK_CLASSES)})")
         unet_cls = getattr(diffusers, spec["unet_class"])
         config = {k: v for k, v in spec["unet_config"].items() if not k.startswith("_")}
         return cls(unet_cls.from_config(config), spec["param"], latent=spec.get("latent", False))
@@ -156,11 +202,22 @@ class DiffusersDenoiser(Denoiser):
         sigma = sigma.reshape(-1).float()
         d = denoise(self.unet, x, sigma, self.sigma_to_t(sigma), cond,
                     self.kind, self.prediction_type, self.sigma_data)
-        taps = [*self.unet.down_blocks, self.unet.mid_block] if self.feature_taps == "encoder" else [self.unet.mid_block]
-        feats = [m.__dict__.get("_onestep_features") for m in taps]
-        for m in (*self.unet.down_blocks, self.unet.mid_block):  # drop references either way
+        feats = [m.__dict__.get("_onestep_features") for m in self._taps()] if return_features else None
+        for m in self._all_hooked():  # drop references either way
             m.__dict__.pop("_onestep_features", None)
+        if feats is not None and self.is_transformer:
+            feats = [_tokens_to_map(f) for f in feats]
         return (d, feats) if return_features else d
+
+    # -- text conditioning ---------------------------------------------------------------
+    def encode_prompts(self, parts: dict, prompts: list[str], vae=None, scheduler=None):
+        """(conditioning of ``prompts``, unconditional conditioning) for this text-to-image network,
+        through its pipeline's own prompt encoding (``portable.prompts``)."""
+        size = tuple(self.sample_shape[-2:])
+        if vae is not None:
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            size = (size[0] * factor, size[1] * factor)
+        return encode_text(self.unet, parts, prompts, size, vae, scheduler)
 
     # -- export -----------------------------------------------------------------------
     def pipeline_parts(self, sigma_init: float) -> dict:
@@ -168,7 +225,7 @@ class DiffusersDenoiser(Denoiser):
         scheduler = OneStepScheduler(sigma_init=float(sigma_init), timestep_init=timestep_init,
                                      parameterization=self.kind, prediction_type=self.prediction_type,
                                      sigma_data=self.sigma_data)
-        return {"unet": self.unet, "scheduler": scheduler}
+        return {"transformer" if self.is_transformer else "unet": self.unet, "scheduler": scheduler}
 
     def stock_scheduler(self, sigma_init: float):
         """A stock diffusers 1-step scheduler reproducing the generator, or None.

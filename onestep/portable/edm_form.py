@@ -81,16 +81,34 @@ def compute_dtype(module: torch.nn.Module) -> torch.dtype:
     return torch.bfloat16 if fallback in FLOAT8 else torch.float32
 
 
+ADDED_CONDITIONS = ("text_embeds", "time_ids")  # SDXL's added conditioning (added_cond_kwargs)
+
+
 def call_unet(unet, x_in: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
-    """One UNet call with the right conditioning keyword; returns fp32 output."""
+    """One network call (a diffusers UNet or transformer) with its conditioning; fp32 output.
+
+    ``cond``: None, class labels (B,) long, prompt embeddings (B, L, D), or a dict of keyword
+    inputs (``encoder_hidden_states``, ``pooled_projections``, ``encoder_attention_mask``, SDXL's
+    ``text_embeds`` / ``time_ids``). A network that also predicts its variance (DiT, PixArt:
+    twice the input channels) contributes its first half.
+    """
     dtype = compute_dtype(unet)
     kwargs = {}
-    if cond is not None:
+    if isinstance(cond, dict):
+        kwargs = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in cond.items()}
+        added = {k: kwargs.pop(k) for k in ADDED_CONDITIONS if k in kwargs}
+        if added:
+            kwargs["added_cond_kwargs"] = added
+    elif cond is not None:
         if cond.dtype in (torch.int32, torch.int64):
             kwargs["class_labels"] = cond
         else:
             kwargs["encoder_hidden_states"] = cond.to(dtype)
-    return unet(x_in.to(dtype), timestep, **kwargs).sample.float()
+    if type(unet).__name__ == "PixArtTransformer2DModel":
+        kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+    out = unet(x_in.to(dtype), timestep=timestep, **kwargs).sample.float()
+    channels = x_in.shape[1]
+    return out[:, :channels] if out.shape[1] == 2 * channels else out
 
 
 def denoise(unet, x, sigma, timestep, cond, parameterization: str, prediction_type: str, sigma_data: float):
@@ -134,5 +152,6 @@ def index_seed(seed: int, index: int) -> int:
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """VAE latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1], fp32."""
-    return vae.decode(latents.to(vae.dtype) / scaling_factor).sample.float()
+    """VAE latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1], fp32 (SD3's VAE also shifts)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return vae.decode((latents / scaling_factor + shift).to(vae.dtype)).sample.float()

@@ -14,17 +14,32 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel, UNet2DModel
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    DiTTransformer2DModel,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import logging
 
-try:  # the CLIP classes of text-to-image exports; pixel exports load without transformers
-    from transformers import CLIPTextModel, CLIPTokenizer
+try:  # the text encoders of text-to-image exports; pixel exports load without transformers
+    from transformers import (
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        T5EncoderModel,
+        T5TokenizerFast,
+    )
 except ImportError:  # pragma: no cover
-    CLIPTextModel = CLIPTokenizer = None
+    CLIPTextModel = CLIPTextModelWithProjection = CLIPTokenizer = T5EncoderModel = T5TokenizerFast = None
 
 from .edm_form import call_unet, decode_latents, denoise, heun_sample, index_seed, karras_sigma
+from .prompts import encode_prompts, encode_text, stock_pipeline_name
 from .scheduler import OneStepScheduler
 
 logger = logging.get_logger(__name__)
@@ -56,14 +71,6 @@ def write_remote_code(directory: Path, pipeline_class: str) -> None:
     index_path.write_text(json.dumps(index, indent=2))
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """CLIP embeddings (B, L, D) fp32 of ``prompts`` (Stable Diffusion's padding and truncation)."""
-    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0].float()
-
-
 class OneStepPipeline(DiffusionPipeline):
     r"""A one-step generator: one network evaluation per image.
 
@@ -75,31 +82,52 @@ class OneStepPipeline(DiffusionPipeline):
     scheduler's ``init_noise_sigma``); ``callback_on_step_end`` runs once.
 
     Components:
-        unet ([`UNet2DModel`] or [`UNet2DConditionModel`]): the generator network.
-        scheduler ([`OneStepScheduler`]): its noise level, time input and parameterisation.
+        scheduler ([`OneStepScheduler`]): the noise level, time input and parameterisation.
+        unet ([`UNet2DModel`] or [`UNet2DConditionModel`]) or transformer ([`DiTTransformer2DModel`],
+            [`SD3Transformer2DModel`], [`PixArtTransformer2DModel`]): the generator network.
         vae ([`AutoencoderKL`], optional): decodes latents (latent models).
-        text_encoder ([`CLIPTextModel`], optional), tokenizer ([`CLIPTokenizer`], optional): prompts.
+        text_encoder(_2, _3), tokenizer(_2, _3) (optional): prompts, encoded as the teacher's own
+            pipeline encodes them (Stable Diffusion 1.x/2.x, SDXL, SD3, PixArt).
 
     Noise is drawn with ``generator`` as diffusers does (one generator, or one per image);
     ``index_generators(seed, n)`` gives the per-index generators ``onestep sample`` uses.
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["vae", "text_encoder", "tokenizer"]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->unet->vae"
+    _optional_components = ["unet", "transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                            "text_encoder_3", "tokenizer_3"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
-        unet: UNet2DModel | UNet2DConditionModel,
         scheduler: OneStepScheduler,
+        unet: UNet2DModel | UNet2DConditionModel | None = None,
+        transformer: DiTTransformer2DModel | SD3Transformer2DModel | PixArtTransformer2DModel | None = None,
         vae: AutoencoderKL | None = None,
-        text_encoder: CLIPTextModel | None = None,
-        tokenizer: CLIPTokenizer | None = None,
+        text_encoder: CLIPTextModel | CLIPTextModelWithProjection | T5EncoderModel | None = None,
+        tokenizer: CLIPTokenizer | T5TokenizerFast | None = None,
+        text_encoder_2: CLIPTextModelWithProjection | None = None,
+        tokenizer_2: CLIPTokenizer | None = None,
+        text_encoder_3: T5EncoderModel | None = None,
+        tokenizer_3: T5TokenizerFast | None = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        if (unet is None) == (transformer is None):
+            raise ValueError("give the generator network as `unet` or as `transformer` (exactly one)")
+        self.register_modules(unet=unet, transformer=transformer, scheduler=scheduler, vae=vae,
+                              text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                              tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_resize=False)
+
+    @property
+    def network(self):
+        """The generator network: ``unet`` or ``transformer``."""
+        return self.unet if self.unet is not None else self.transformer
+
+    def _text_parts(self) -> dict:
+        names = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+        return {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
 
     # -- loading and saving ----------------------------------------------------------------
     @classmethod
@@ -142,16 +170,32 @@ class OneStepPipeline(DiffusionPipeline):
         if negative_prompt is not None or do_classifier_free_guidance:
             raise ValueError("this one-step student is guidance-free: negative_prompt and classifier-free "
                              "guidance do not apply (it was distilled from the guided teacher)")
+        parts = self._text_parts()
+        layout = stock_pipeline_name(self.network, parts)
+        if prompt_embeds is not None and layout is not None:
+            raise ValueError(f"pass `prompt` to this {layout.replace('Pipeline', '')} pipeline (its conditioning "
+                             f"has several parts: embeddings, pooled projections or masks)")
         if prompt_embeds is None:
             if self.text_encoder is None or self.tokenizer is None:
                 raise ValueError("this pipeline has no text encoder: drop `prompt`")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds = encode_prompts(self.tokenizer, self.text_encoder, prompts)
+            if layout is None:
+                prompt_embeds = encode_prompts(self.tokenizer, self.text_encoder, prompts)
+            else:
+                shape = self._sample_shape(None, None)
+                size = (shape[1] * self.vae_scale_factor, shape[2] * self.vae_scale_factor)
+                prompt_embeds, _ = encode_text(self.network, parts, prompts, size, self.vae, self.scheduler)
         device = device or self._execution_device
-        return prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, dim=0), None
+
+        def repeat(t):
+            return t.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+
+        if isinstance(prompt_embeds, dict):
+            return {k: repeat(v) for k, v in prompt_embeds.items()}, None
+        return repeat(prompt_embeds), None
 
     def _sample_shape(self, height, width) -> tuple[int, ...]:
-        c, size = self.unet.config.in_channels, self.unet.config.sample_size
+        c, size = self.network.config.in_channels, self.network.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         trained = (h * self.vae_scale_factor, w * self.vae_scale_factor)
         if (height or trained[0], width or trained[1]) != trained:
@@ -165,12 +209,15 @@ class OneStepPipeline(DiffusionPipeline):
         if prompt is not None or prompt_embeds is not None:
             cond, _ = self.encode_prompt(prompt, device, num_images_per_prompt, negative_prompt=negative_prompt,
                                          prompt_embeds=prompt_embeds)
-            return cond, len(cond)
+            first = cond["encoder_hidden_states"] if isinstance(cond, dict) else cond
+            return cond, len(first)
         if negative_prompt is not None:
             raise ValueError("negative_prompt needs classifier-free guidance, which this guidance-free student does not use")
         if class_labels is not None:
             labels = [int(c) for c in (class_labels if isinstance(class_labels, (list, tuple)) else [class_labels])]
-            num_classes = getattr(self.unet.config, "num_class_embeds", None)
+            config = self.network.config
+            num_classes = getattr(config, "num_class_embeds", None) or (
+                getattr(config, "num_embeds_ada_norm", None) if self.transformer is not None else None)
             if not num_classes:
                 raise ValueError("this pipeline is unconditional: drop `class_labels`")
             if any(not 0 <= c < num_classes for c in labels):
@@ -184,7 +231,7 @@ class OneStepPipeline(DiffusionPipeline):
         sched = self.scheduler
         x = sched.init_noise_sigma * z.float()
         t = torch.full((len(z),), float(sched.timesteps[0]), device=z.device, dtype=torch.float32)
-        out = call_unet(self.unet, sched.scale_model_input(x, t), t, cond)
+        out = call_unet(self.network, sched.scale_model_input(x, t), t, cond)
         return sched.step(out, t, x).prev_sample
 
     @torch.no_grad()

@@ -19,17 +19,18 @@ from pathlib import Path
 import torch
 
 from ..core.modules import freeze
+from ..core.tensors import cat_cond, map_cond, take_rows, to_device
 from ..errors import OnestepError
 from ..nets.attention import apply_attention
 from ..nets.diffusers_unet import DiffusersDenoiser, parameterization_of
 from ..portable.edm_form import decode_latents
-from ..portable.pipeline import encode_prompts
+from ..portable.prompts import TEXT_PARTS
 from .base import Teacher
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LIBRARIES = ("diffusers", "transformers")
-AUXILIARY = ("vae", "text_encoder", "tokenizer")
-WEIGHTLESS = ("scheduler", "tokenizer")  # components without weights
+AUXILIARY = ("vae", *TEXT_PARTS)
+WEIGHTLESS = ("scheduler", "tokenizer", "tokenizer_2", "tokenizer_3")  # components without weights
 
 
 def _component_class(path: str, name: str, entry):
@@ -147,19 +148,20 @@ def load_components(path: str, unet_subfolder: str | None = None, dtype: torch.d
     """
     local = resolve_pipeline(path)
     index = read_index(local)
-    if ("unet" in names and "unet" not in index) or ("scheduler" in names and "scheduler" not in index):
+    denoiser = "transformer" if "transformer" in index and "unet" not in index else "unet"
+    if ("unet" in names and denoiser not in index) or ("scheduler" in names and "scheduler" not in index):
         found = ", ".join(k for k in index if not k.startswith("_"))
-        raise OnestepError(f"pipeline at '{path}' has no unet/scheduler components (found: {found})")
+        raise OnestepError(f"pipeline at '{path}' has no unet or transformer, or no scheduler (found: {found})")
     custom = [n for n in names if isinstance(index.get(n), list) and index[n][0] not in (None, *LIBRARIES)]
     if custom and trust_remote_code:
         return _load_remote(local, names, dtype)
     out = {}
     for name in names:
         entry = index.get(name)
-        if name == "unet":
-            out[name] = _load_component(local, name, entry, dtype, folder=unet_subfolder)
+        if name == "unet":  # the denoising network, a UNet or a transformer
+            out[name] = _load_component(local, denoiser, index[denoiser], dtype, folder=unet_subfolder or denoiser)
         elif entry and entry[0] is not None:
-            out[name] = _load_component(local, name, entry, None if name in ("scheduler", "tokenizer") else dtype)
+            out[name] = _load_component(local, name, entry, None if name in WEIGHTLESS else dtype)
     return out
 
 
@@ -187,23 +189,43 @@ def read_prompts(path: str | None) -> list[str]:
 
 
 class DiffusersTeacher(Teacher):
-    """A frozen diffusers UNet in EDM form, with its VAE, text encoder and prompts."""
+    """A frozen diffusers network (UNet or transformer) in EDM form, with its VAE, text encoders,
+    prompts and classifier-free guidance."""
 
-    def __init__(self, network: DiffusersDenoiser, vae=None, tokenizer=None, text_encoder=None,
-                 prompts: list[str] | None = None, guidance_scale: float = 1.0):
+    def __init__(self, network: DiffusersDenoiser, vae=None, text_parts: dict | None = None,
+                 prompts: list[str] | None = None, guidance_scale: float = 1.0, scheduler=None):
         super().__init__(network)
         self.vae = freeze(vae) if vae is not None else None
-        self.tokenizer = tokenizer
-        self.text_encoder = freeze(text_encoder) if text_encoder is not None else None
+        self.text_parts = {k: (freeze(v) if isinstance(v, torch.nn.Module) else v)
+                           for k, v in (text_parts or {}).items() if v is not None}
+        for name, module in self.text_parts.items():  # registered, so .to(device) moves them
+            if isinstance(module, torch.nn.Module):
+                self.add_module(name, module)
         self.guidance_scale = float(guidance_scale)
         self.prompts = prompts or []
+        self.prompt_cond = self.uncond = None
         if self.cond_kind == "text":
-            if text_encoder is None or tokenizer is None:
+            if "text_encoder" not in self.text_parts or "tokenizer" not in self.text_parts:
                 raise OnestepError("a text-conditional teacher needs text_encoder and tokenizer components")
             if not self.prompts:
                 raise OnestepError("config key 'teacher.prompts': a text-conditional teacher needs a prompts file")
-            self.register_buffer("prompt_embeds", encode_prompts(tokenizer, text_encoder, self.prompts), persistent=False)
-            self.register_buffer("uncond_embeds", encode_prompts(tokenizer, text_encoder, [""]), persistent=False)
+            self.prompt_cond, self.uncond = network.encode_prompts(self.text_parts, self.prompts, vae, scheduler)
+        elif self.cond_kind == "class" and self.guidance_scale != 1.0 and not self.has_null_class:
+            raise OnestepError("config key 'teacher.guidance_scale': this class-conditional teacher has no null "
+                               "class to guide with; use 1.0")
+
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        """The prompts' embeddings (Stable Diffusion 1.x / 2.x layout)."""
+        return self.prompt_cond if torch.is_tensor(self.prompt_cond) else self.prompt_cond["encoder_hidden_states"]
+
+    @property
+    def has_null_class(self) -> bool:
+        """A label embedding with one more row than classes (DiT's, trained with label dropout)."""
+        for m in self.network.modules():
+            if isinstance(m, torch.nn.Embedding) and m.num_embeddings == self.num_classes + 1:
+                return True
+        return False
 
     @property
     def latent_scaling(self) -> float:
@@ -214,19 +236,22 @@ class DiffusersTeacher(Teacher):
         return len(self.prompts) if self.cond_kind == "text" else super().num_labels
 
     def cond_for(self, labels):
-        """Class ids as they are; prompt indices -> prompt embeddings (B, L, D) on the labels' device."""
+        """Class ids as they are; prompt indices -> the prompts' conditioning on the labels' device."""
         if self.cond_kind == "text":
-            return self.prompt_embeds.to(labels.device)[labels]
+            return to_device(take_rows(self.prompt_cond, labels.cpu()), labels.device)
         return labels
 
     def _denoise(self, x, sigma, cond, features):
         w = self.guidance_scale
-        if self.cond_kind != "text" or w == 1.0:
+        if w == 1.0 or self.cond_kind == "none":
             return super()._denoise(x, sigma, cond, features)
         # classifier-free guidance in denoiser space (linear, so equal to eps-space CFG)
         b = x.shape[0]
-        uncond = self.uncond_embeds.to(cond.device).expand(b, -1, -1)
-        out = self.network(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, uncond]),
+        if self.cond_kind == "text":
+            uncond = map_cond(lambda t: t[:1].expand(b, *t.shape[1:]).to(x.device), self.uncond)
+        else:
+            uncond = torch.full_like(cond, self.num_classes)  # the null class
+        out = self.network(torch.cat([x, x]), torch.cat([sigma, sigma]), cat_cond(cond, uncond),
                            return_features=features)
         d, feats = out if features else (out, None)
         d_cond, d_uncond = d.float().chunk(2)
@@ -247,7 +272,8 @@ class DiffusersTeacher(Teacher):
         device, dtype = next(self.vae.parameters()).device, self.vae.dtype
         out = [self.vae.encode(images[i:i + batch_size].to(device, dtype)).latent_dist.mean.float().cpu()
                for i in range(0, len(images), batch_size)]
-        return torch.cat(out) * self.latent_scaling
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (torch.cat(out) - shift) * self.latent_scaling
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1] (identity for pixel teachers); (B, 3, H, W) fp32."""
@@ -264,8 +290,8 @@ def load_diffusers_teacher(path: str, subfolder: str | None = None, dtype: str =
     parts = load_components(path, subfolder, torch_dtype, trust_remote_code=trust_remote_code)
     network = DiffusersDenoiser(parts["unet"], parameterization_of(parts["scheduler"]), latent="vae" in parts)
     teacher = DiffusersTeacher(
-        network, vae=parts.get("vae"), tokenizer=parts.get("tokenizer"), text_encoder=parts.get("text_encoder"),
-        prompts=read_prompts(prompts_file), guidance_scale=guidance_scale,
+        network, vae=parts.get("vae"), text_parts={k: parts.get(k) for k in TEXT_PARTS},
+        prompts=read_prompts(prompts_file), guidance_scale=guidance_scale, scheduler=parts["scheduler"],
     ).to(device)
     apply_attention([teacher.network], attention, device, torch_dtype)
     return teacher

@@ -111,7 +111,11 @@ def save_dit_pipeline(path: Path, seed=0) -> str:
 
 def save_sd3_pipeline(path: Path, seed=0) -> str:
     """SD3 layout: joint transformer, two CLIP encoders with projections, no T5, flow matching with shift 3."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,

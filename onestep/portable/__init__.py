@@ -19,9 +19,11 @@ def _parts(source: str) -> tuple[str, list[str], str]:
     tree = ast.parse(source)
     lines = source.splitlines()
     doc = ast.get_docstring(tree) or ""
-    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    statements = [ast.get_source_segment(source, n) for n in imports]
-    return doc, statements, "\n".join(lines[max(n.end_lineno for n in imports):]).strip("\n")
+    last = max(i for i, n in enumerate(tree.body) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    # every statement up to the last import but the docstring: imports, and guarded imports (try blocks)
+    head = [n for n in tree.body[:last + 1] if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    statements = [ast.get_source_segment(source, n) for n in head]
+    return doc, statements, "\n".join(lines[tree.body[last].end_lineno:]).strip("\n")
 
 
 def bundle(sources: tuple[str, ...] = SOURCES) -> str:

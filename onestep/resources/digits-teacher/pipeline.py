@@ -56,6 +56,16 @@ from diffusers import (
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import logging
+try:  # the text encoders of text-to-image exports; pixel exports load without transformers
+    from transformers import (
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        T5EncoderModel,
+        T5TokenizerFast,
+    )
+except ImportError:  # pragma: no cover
+    CLIPTextModel = CLIPTextModelWithProjection = CLIPTokenizer = T5EncoderModel = T5TokenizerFast = None
 
 # ---- edm_form.py
 
@@ -198,8 +208,9 @@ def index_seed(seed: int, index: int) -> int:
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """VAE latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1], fp32."""
-    return vae.decode(latents.to(vae.dtype) / scaling_factor).sample.float()
+    """VAE latents (B, C, h, w) -> images (B, 3, H, W) in [-1, 1], fp32 (SD3's VAE also shifts)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return vae.decode((latents / scaling_factor + shift).to(vae.dtype)).sample.float()
 
 
 # ---- scheduler.py

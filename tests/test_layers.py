@@ -139,6 +139,8 @@ def test_the_test_detects_what_it_should():
 
 def test_no_class_or_module_outgrows_its_job():
     for name, path in MODULES.items():
+        if name.startswith("onestep.resources."):  # generated: portable.bundle() of portable/ as one file
+            continue
         text = path.read_text()
         assert len(text.splitlines()) <= MAX_MODULE, f"{name}: {len(text.splitlines())} lines"
         for node in ast.walk(ast.parse(text)):

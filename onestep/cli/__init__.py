@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--output", required=True, help="run directory")
     p.add_argument("--resume", choices=["latest"], help="continue from the run's latest checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the memory per GPU it needs, and exit")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="with --dry-run: estimate memory for N processes (default: $WORLD_SIZE or 1)")
     p.add_argument("--attention", choices=["auto", "xformers", "flash", "efficient", "math"],
                    help="attention backend (overrides the config's attention key)")
     _add_common(p)

@@ -58,8 +58,15 @@ def cmd_distill(args) -> int:
     if args.attention:
         overrides.append(f"attention={args.attention}")
     cfg = config_mod.load(args.config, overrides)
+    if args.processes is not None and not args.dry_run:
+        raise OnestepError("--processes sets the process count of --dry-run's memory estimate only; launch N "
+                           "processes with torchrun --nproc_per_node N or accelerate launch --num_processes N")
     if args.dry_run:
+        processes = args.processes if args.processes is not None else int(os.environ.get("WORLD_SIZE", "1"))
+        if processes < 1:
+            raise OnestepError(f"--processes must be at least 1, got {processes}")
         print(config_mod.dump_yaml(cfg), end="")
+        print(_memory_estimate(cfg, processes))
         return 0
     out = writable_dir(args.output, "--output")
     if _is_main_rank():
@@ -73,6 +80,16 @@ def cmd_distill(args) -> int:
     if trainer.acc.is_main_process:
         print(f"done: {trainer.step} steps, checkpoint {latest_checkpoint(out)}")
     return 0
+
+
+def _memory_estimate(cfg, processes: int) -> str:
+    """The per-GPU memory table (YAML comments), or one comment line saying why there is none."""
+    from ..train.memory import estimate
+
+    try:
+        return estimate(cfg, processes).format()
+    except OnestepError as exc:
+        return f"# memory estimate unavailable: {exc}"
 
 
 def cmd_sample(args) -> int:

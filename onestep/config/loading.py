@@ -188,5 +188,8 @@ def validate(config: Config) -> None:
     apply_recipe(config, spec.recipe)
     _check_range(d.sigma_sampler, d.sigma_range, "discriminator.sigma_range")
     d.check("discriminator")
+    if config.train.sharding == "fsdp" and config.train.mixed_precision == "fp16":
+        raise OnestepError("config keys 'train.sharding' and 'train.mixed_precision': fp16 loss scaling is not "
+                           "supported with sharded networks; use train.mixed_precision=bf16")
     if spec.requires_gan and config.gan.weight <= 0:
         raise OnestepError(f"objective '{spec.name}' needs the GAN term: set gan.weight > 0 (e.g. 1e-2)")

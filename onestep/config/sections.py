@@ -157,6 +157,9 @@ class TrainConfig:
     seed: int = key(0, "seed of every random draw", ge=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = key("no", "autocast dtype of the networks")
     gradient_checkpointing: bool = key(False, "recompute UNet activations in backward (saves memory)")
+    sharding: Literal["none", "fsdp"] = key(
+        "none", "fsdp: shard generator, fake score and EMA across processes (FSDP2, one unit per block)")
+    shard_teacher: bool = key(False, "with sharding: fsdp, shard the frozen teacher too")
     retain_freed_memory: bool = key(True, "CPU: keep freed memory in the process (glibc mallopt)")
     checkpoint_every: int = key(500, "steps between checkpoints", ge=1)
     keep_checkpoints: int = key(2, "checkpoints kept (older ones are deleted)", ge=1)

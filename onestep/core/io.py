@@ -80,10 +80,6 @@ def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 # ----------------------------------------------------------------------------- state packing
 
 
-def pack_module(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
-
-
 def unpack_module(prefix: str, tensors: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
     sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     try:
@@ -98,9 +94,9 @@ def unpack_module(prefix: str, tensors: dict[str, torch.Tensor], module: torch.n
         )
 
 
-def pack_optimizer(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as tensors plus a JSON-able layout (param groups, scalar state)."""
-    sd = optimizer.state_dict()
+def pack_optimizer(prefix: str, sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state dict (``optimizer.state_dict()`` layout) as tensors plus a JSON-able
+    layout (param groups, scalar state)."""
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for name, value in state.items():
@@ -111,7 +107,8 @@ def pack_optimizer(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], layout: dict, optimizer: torch.optim.Optimizer) -> None:
+def unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], layout: dict) -> dict:
+    """The state dict ``pack_optimizer`` packed (``optimizer.load_state_dict`` takes it)."""
     state: dict[int, dict] = {}
     head = prefix + ".state."
     for key, value in tensors.items():
@@ -121,7 +118,7 @@ def unpack_optimizer(prefix: str, tensors: dict[str, torch.Tensor], layout: dict
     for key, value in layout["scalars"].items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": layout["param_groups"]})
+    return {"state": state, "param_groups": layout["param_groups"]}
 
 
 def rng_tensors(prefix: str, generators: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:

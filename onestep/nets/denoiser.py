@@ -48,6 +48,10 @@ class Denoiser(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward where the network supports it (default: no-op)."""
 
+    def shard_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards one by one (default: none; the whole network is one unit)."""
+        return []
+
     def pipeline_parts(self, sigma_init: float) -> dict | None:
         """Keyword arguments of ``OneStepPipeline`` for a generator at ``sigma_init``, or None
         where the network does not export as a diffusers pipeline."""

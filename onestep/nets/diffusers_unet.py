@@ -136,7 +136,9 @@ class DiffusersDenoiser(Denoiser):
 
     def _all_hooked(self) -> list:
         if self.is_transformer:
-            return list(self.unet.transformer_blocks)
+            blocks = list(self.unet.transformer_blocks)
+            # DiT's output layer reads block 0's embedder outside that block's forward: keep it in the root
+            return blocks[1:] if type(self.unet).__name__ == "DiTTransformer2DModel" else blocks
         return [*self.unet.down_blocks, self.unet.mid_block]
 
     # -- spec (rebuilding without the teacher) ---------------------------------------
@@ -157,6 +159,13 @@ class DiffusersDenoiser(Denoiser):
     def enable_gradient_checkpointing(self) -> None:
         if getattr(self.unet, "_supports_gradient_checkpointing", False):
             self.unet.enable_gradient_checkpointing()
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        if self.is_transformer:
+            blocks = list(self.unet.transformer_blocks)
+            # DiT's output layer reads block 0's embedder outside that block's forward: keep it in the root
+            return blocks[1:] if type(self.unet).__name__ == "DiTTransformer2DModel" else blocks
+        return [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
 
     @property
     def sigma_range(self) -> tuple[float, float]:

@@ -42,6 +42,9 @@ class MLPDenoiser(Denoiser):
         self.feature_dim = hidden
         self.sample_shape = (dim,)
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def spec(self) -> dict:
         """JSON-able description for ``nets.spec.build_network``."""
         config = {"dim": self.dim, "hidden": self.hidden, "depth": self.depth, "sigma_data": self.sigma_data}

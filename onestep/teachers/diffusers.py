@@ -295,3 +295,34 @@ def load_diffusers_teacher(path: str, subfolder: str | None = None, dtype: str =
     ).to(device)
     apply_attention([teacher.network], attention, device, torch_dtype)
     return teacher
+
+
+def skeleton_components(path: str, subfolder: str | None = None) -> dict:
+    """A pipeline's weighted components built from their configs alone, on the meta device (no
+    weights read: for memory estimates), plus its scheduler; only diffusers/transformers classes."""
+    local = resolve_pipeline(path)
+    index = read_index(local)
+    denoiser = "transformer" if "transformer" in index and "unet" not in index else "unet"
+    if denoiser not in index or "scheduler" not in index:
+        raise OnestepError(f"pipeline at '{path}' has no unet or transformer, or no scheduler")
+    out = {"scheduler": _load_component(local, "scheduler", index["scheduler"])}
+    for name in ("unet", *AUXILIARY):
+        key = denoiser if name == "unet" else name
+        entry = index.get(key)
+        if not entry or entry[0] is None or name in WEIGHTLESS:
+            continue
+        cls = _component_class(str(local), key, entry)
+        folder = (subfolder or key) if name == "unet" else key
+        try:
+            with torch.device("meta"):
+                if entry[0] == "diffusers":
+                    out[name] = cls.from_config(cls.load_config(str(local), subfolder=folder))
+                else:
+                    config = cls.config_class.from_pretrained(str(local), subfolder=folder)
+                    out[name] = cls._from_config(config)
+        except OnestepError:
+            raise
+        except Exception as exc:
+            raise OnestepError(f"pipeline at '{path}': cannot read the config of '{folder}' "
+                               f"({type(exc).__name__})") from None
+    return out

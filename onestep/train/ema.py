@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from .sharding import local
+
 
 def ema_beta(samples_per_step: float, halflife_samples: float) -> float:
     """Per-step decay giving a half-life of ``halflife_samples`` (EDM's ``ema_halflife_kimg``)."""
@@ -19,11 +21,10 @@ class EMA:
     def __init__(self, module: nn.Module, beta: float):
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
         self.beta = beta
-        self._params = list(self.module.parameters())
-        self._live: list[torch.Tensor] | None = None
+        self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     @torch.no_grad()
     def update(self, live: nn.Module) -> None:
-        if self._live is None:
-            self._live = list(live.parameters())
-        torch._foreach_lerp_(self._params, self._live, 1.0 - self.beta)
+        if self._pairs is None:  # listed once (after any sharding: the local shards of both)
+            self._pairs = local(list(self.module.parameters())), local(list(live.parameters()))
+        torch._foreach_lerp_(*self._pairs, 1.0 - self.beta)

@@ -16,7 +16,6 @@ from .. import config as config_mod
 from ..core.io import (
     atomic_write_text,
     load_safetensors,
-    pack_module,
     pack_optimizer,
     restore_rng,
     rng_tensors,
@@ -26,6 +25,7 @@ from ..core.io import (
 )
 from ..core.rundir import STATS_FILE
 from ..errors import OnestepError
+from . import sharding
 
 FORMAT = "onestep-checkpoint-2"  # 2: the discriminator's tensors are "discriminator.*"
 # Config keys that may differ between a run and its resumption.
@@ -42,11 +42,11 @@ def _optimizer(opt):
 def pack(trainer) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, JSON-able metadata) of ``trainer``'s state."""
     tensors = {}
-    for name, module in trainer.modules_to_save().items():
-        tensors.update(pack_module(name, module))
+    for name, module in trainer.modules_to_save().items():  # gathered if sharded: a collective
+        tensors.update({f"{name}.{k}": v for k, v in sharding.module_state(module).items()})
     layouts = {}
     for name, opt in trainer.optimizers().items():
-        t, layout = pack_optimizer(name, _optimizer(opt))
+        t, layout = pack_optimizer(name, sharding.optimizer_state(_optimizer(opt), trainer.optimizer_owner(name)))
         tensors.update(t)
         layouts[name] = layout
     tensors.update(rng_tensors("rng", {"train": trainer.rng}))
@@ -73,10 +73,18 @@ def restore(trainer, path: Path) -> None:
                            f"step and optimizer state)") from None
     check_resumable(saved_config, trainer.cfg, path)
     for name, module in trainer.modules_to_save().items():
-        unpack_module(name, tensors, module)
+        if sharding.is_sharded(module):
+            _load_sharded(name, tensors, module, path)
+        else:
+            unpack_module(name, tensors, module)
     for name, opt in trainer.optimizers().items():
         try:
-            unpack_optimizer(name, tensors, layouts[name], _optimizer(opt))
+            saved = unpack_optimizer(name, tensors, layouts[name])
+            owner = trainer.optimizer_owner(name)
+            if owner is None:
+                _optimizer(opt).load_state_dict(saved)
+            else:
+                sharding.load_optimizer_state(_optimizer(opt), owner, saved)
         except (KeyError, ValueError, RuntimeError) as exc:
             raise OnestepError(f"cannot restore the optimizer state '{name}' from {path} ({type(exc).__name__}); "
                                f"start a new run") from None
@@ -86,6 +94,15 @@ def restore(trainer, path: Path) -> None:
     trainer.step = int(meta["step"])
     trainer.nonfinite_total = meta["counters"]["nonfinite_total"]
     trainer.overflow_total = meta["counters"]["overflow_total"]
+
+
+def _load_sharded(name: str, tensors: dict[str, torch.Tensor], module, path: Path) -> None:
+    sub = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    try:
+        sharding.load_module_state(module, sub)
+    except (KeyError, ValueError, RuntimeError):
+        raise OnestepError(f"checkpoint {path} does not match the model for '{name}' (missing, unexpected or "
+                           f"other-shaped tensors); was the network or config changed?") from None
 
 
 def check_checkpoint(path: Path, config: config_mod.Config) -> None:

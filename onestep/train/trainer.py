@@ -34,7 +34,7 @@ from ..core.rundir import (
 from ..distill.draws import GlobalDraws
 from ..distill.method import Distillation, Networks
 from ..errors import OnestepError
-from . import state, tracking
+from . import sharding, state, tracking
 from .allocator import retain_freed_memory
 from .ema import EMA, ema_beta
 
@@ -72,11 +72,25 @@ class Trainer:
         for name, n in (("train.batch_size", tr.batch_size), ("regression.batch_size", config.regression.batch_size)):
             if n % world:
                 raise OnestepError(f"config key '{name}': {n} is not divisible by {world} processes")
-        self.teacher_fingerprint = fingerprint(teacher)
         opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
+        self.ema = EMA(generator, ema_beta(tr.batch_size, tr.ema_halflife_kimg * 1000.0)) \
+            if tr.ema_halflife_kimg > 0 else None
+        # FSDP2 shards in place (no wrapper): the sharded modules are their own "plain" modules
+        self.sharded = tr.sharding == "fsdp" and world > 1
+        if self.sharded:
+            for module in (generator, fake_score, self.ema.module if self.ema is not None else None):
+                if module is not None:
+                    sharding.shard(module.to(self.device))
+            if tr.shard_teacher:
+                sharding.shard(teacher.network)
+            units = len(generator.network.shard_units()) + 1
+            acc.print(f"sharding: generator, fake score{', EMA' if self.ema is not None else ''}"
+                      f"{', teacher' if tr.shard_teacher else ''} in {units} FSDP units each over {world} processes")
+        self.teacher_fingerprint = fingerprint(teacher)
         # the fused Adam kernel (CPU and CUDA) instead of torch's default per-tensor loop on CPU:
-        # 3 ms against 27 ms per step for the digits UNet's 0.7M parameters (eval/bench_step.py)
-        fused = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
+        # 3 ms against 27 ms per step for the digits UNet's 0.7M parameters (eval/bench_step.py);
+        # sharded (DTensor) parameters take the multi-tensor kernel
+        fused = {"fused": True} if self.device.type in ("cpu", "cuda") and not self.sharded else {"foreach": True}
         opt_kw = {"betas": tuple(float(b) for b in tr.betas), "weight_decay": tr.weight_decay, **fused}
         opt_g = opt_cls(generator.parameters(), lr=tr.lr_generator, **opt_kw)
         groups = [{"params": list(fake_score.parameters()), "lr": tr.lr_fake}]
@@ -85,17 +99,23 @@ class Trainer:
             groups.append({"params": heads, "lr": config.discriminator.lr or tr.lr_fake})
         opt_f = opt_cls(groups, lr=tr.lr_fake, **opt_kw)
         trained = [m for m in (generator, fake_score, discriminator if heads else None) if m is not None]
-        *prepared, self.opt_generator, self.opt_fake = acc.prepare(*trained, opt_g, opt_f)
+        if self.sharded:  # accelerate places and wraps only what is not sharded (the discriminator: DDP)
+            *wrapped, self.opt_generator, self.opt_fake = acc.prepare(*trained[2:], opt_g, opt_f)
+            prepared = [generator, fake_score, *wrapped]
+        else:
+            *prepared, self.opt_generator, self.opt_fake = acc.prepare(*trained, opt_g, opt_f)
         self.generator, self.fake_score = prepared[0], prepared[1]
         self.discriminator = prepared[2] if heads else discriminator
         nets = Networks(self.generator, self.fake_score, self.discriminator, generator, fake_score, discriminator)
+        # the modules owning each optimizer's parameters (sharded optimizer states are keyed by them)
+        self._owners = {"opt_generator": generator,
+                        "opt_fake": nn.ModuleDict({"fake_score": fake_score, **({"discriminator": discriminator}
+                                                                                if heads else {})})}
         self.holdout = holdout
         self.method = Distillation(config, teacher, nets, real, pairs, reduce_sum=self._all_reduce_sum)
         self.rng = torch.Generator().manual_seed(tr.seed)
         self.draws = GlobalDraws(self.rng, tr.batch_size, rank, world, self.device, config.schedule,
                                  config.objective.stratified_sigma)
-        self.ema = EMA(generator, ema_beta(tr.batch_size, tr.ema_halflife_kimg * 1000.0)) \
-            if tr.ema_halflife_kimg > 0 else None
         self._params = {name: [p for m in mods for p in m.parameters()] for name, mods in
                         (("generator", trained[:1]), ("fake", trained[1:]))}
         self.step = 0
@@ -151,9 +171,13 @@ class Trainer:
         self.acc.backward(loss)
         if not self.acc.sync_gradients:
             return True
-        norm = self.acc.clip_grad_norm_(self._params[name], tr.grad_clip if tr.grad_clip > 0 else math.inf)
-        stats[f"grad_norm_{name}"] = float(norm)
-        if not math.isfinite(float(norm)):
+        max_norm = tr.grad_clip if tr.grad_clip > 0 else math.inf
+        if self.sharded:
+            norm = sharding.clip_grad_norm_(self._params[name], max_norm)
+        else:
+            norm = float(self.acc.clip_grad_norm_(self._params[name], max_norm))
+        stats[f"grad_norm_{name}"] = norm
+        if not math.isfinite(norm):
             if tr.mixed_precision == "fp16":  # the loss scaler skips this step and lowers its scale
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -215,6 +239,10 @@ class Trainer:
     def optimizers(self) -> dict:
         return {"opt_generator": self.opt_generator, "opt_fake": self.opt_fake}
 
+    def optimizer_owner(self, name: str) -> nn.Module | None:
+        """The module whose (sharded) parameters optimizer ``name`` steps; None when unsharded."""
+        return self._owners[name] if self.sharded else None
+
     def save_checkpoint(self) -> Path:
         """Atomic checkpoint of the whole state (main process writes; all ranks hold the same)."""
         path = checkpoint_path(self.run_dir, self.step)
@@ -270,10 +298,14 @@ class Trainer:
                     tracking.log_row(self.acc, tr.report_to, row, self.step)
                 bar.set_postfix(loss_g=f"{row['loss_g']:.4g}", loss_f=f"{row['loss_f']:.4g}")
                 window, t0 = {}, time.perf_counter()
-            if grid is not None and main and (self.step % tr.sample_every == 0 or self.step == tr.steps):
+            # a sharded generator's forward is a collective: every rank renders, the main one saves
+            if grid is not None and (main or self.sharded) and (self.step % tr.sample_every == 0
+                                                                 or self.step == tr.steps):
                 generator = self.ema.module if self.ema is not None else self.method.nets.plain_generator
-                picture = grid.save(grid.render(generator, self.device), self.run_dir, self.step)
-                tracking.log_image(self.acc, tr.report_to, "samples", picture, self.step)
+                images = grid.render(generator, self.device)
+                if main:
+                    picture = grid.save(images, self.run_dir, self.step)
+                    tracking.log_image(self.acc, tr.report_to, "samples", picture, self.step)
             if self.step % tr.checkpoint_every == 0 or self.step == tr.steps:
                 self.save_checkpoint()
         bar.close()

@@ -1,0 +1,254 @@
+"""Memory per GPU of a run before it is launched (``onestep distill --dry-run``).
+
+Parameters are counted exactly on a skeleton of the teacher built from its configs on the meta
+device (no weights read). Activations are measured there too: one forward with gradients at the
+per-process batch, every tensor autograd saves for backward counted once (parameters excluded),
+attention as the fused kernels keep it (q, k, v, output and the log-sum-exp, not the score
+matrix). What is trained, and so held per network in fp32 (and divided by the process count
+under ``train.sharding: fsdp``):
+
+- weights of generator and fake score, their gradients, Adam's two moments, the EMA copy;
+- the frozen teacher in ``teacher.dtype`` (divided too with ``train.shard_teacher``), its VAE and
+  text encoders (never sharded);
+- activations: the graphs one step holds, the larger of the generator step (the generator, the
+  teacher and fake score where the objective's gradient flows through them, the GAN term's
+  feature network) and the fake-score step (the fake score, twice with a discriminator: its
+  real and generated batches);
+- FSDP: the all-gathered blocks in flight (the largest unit, current and prefetched, fp32).
+
+Not counted: the CUDA context and kernels' workspace (~0.5-1 GiB), allocator fragmentation,
+the teacher's transient no-grad activations, the discriminator head (a few MB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..errors import OnestepError
+
+GIB = 2.0**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# token lengths of the prompt embeddings the stock pipelines make (CLIP 77; SD3: 77 CLIP + 256 T5;
+# PixArt-Sigma: 300 T5 tokens)
+TOKENS = {"UNet2DConditionModel": 77, "SD3Transformer2DModel": 77 + 256, "PixArtTransformer2DModel": 300}
+
+
+@dataclass
+class Estimate:
+    """Bytes per GPU, by item, for ``processes`` processes (see the module docstring)."""
+
+    rows: list[tuple[str, float]]
+    processes: int
+    local_batch: int
+    denoiser_params: int
+
+    @property
+    def total(self) -> float:
+        return sum(b for _, b in self.rows)
+
+    def format(self) -> str:
+        """YAML comment lines (the printed config stays valid YAML)."""
+        lines = [f"# memory per GPU (estimate; {self.processes} process(es), {self.local_batch} samples each, "
+                 f"denoiser {self.denoiser_params / 1e6:.1f}M parameters):"]
+        lines += [f"#   {name:<46} {_size(b)}" for name, b in self.rows]
+        lines.append(f"#   {'total':<46} {_size(self.total)}  (+ CUDA context, workspace, fragmentation)")
+        return "\n".join(lines)
+
+
+def _size(b: float) -> str:
+    return f"{b / GIB:8.2f} GiB" if b >= GIB else f"{b / 2**20:8.1f} MiB"
+
+
+class _FusedAttention(torch.autograd.Function):
+    """What a flash / memory-efficient kernel saves: inputs, output and the row log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fused_sdpa(q, k, v, *args, **kwargs):
+    return _FusedAttention.apply(q, k, v)
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _SavedTensors:
+    """Collects what autograd saves (each tensor once, parameters excluded); a checkpointed region
+    (``region``, the ``gradient_checkpointing_func`` diffusers calls) keeps only its inputs, and
+    the largest region is recomputed in backward: its activations count once at the peak."""
+
+    def __init__(self, params):
+        self.skip = {id(p) for p in params}
+        self.kept: dict[int, torch.Tensor] = {}  # ids stay unique: the tensors are kept alive
+        self.largest_region = 0
+
+    def _add(self, store: dict, t: torch.Tensor) -> None:
+        base = t._base if t._base is not None else t
+        if id(base) not in self.skip:
+            store[id(base)] = base
+
+    def pack(self, t):
+        self._add(self.kept, t)
+        return t
+
+    def region(self, function, *args, **kwargs):
+        for a in (*args, *kwargs.values()):
+            if torch.is_tensor(a):
+                self._add(self.kept, a)
+        inner: dict[int, torch.Tensor] = {}
+
+        def pack(t):
+            self._add(inner, t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = function(*args, **kwargs)
+        self.largest_region = max(self.largest_region, _tensor_bytes(inner.values()))
+        return out
+
+    def measure(self, run) -> int:
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        torch.nn.functional.scaled_dot_product_attention = _fused_sdpa
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t):
+                run()
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = sdpa
+        return _tensor_bytes(self.kept.values()) + self.largest_region
+
+
+def _dummy_cond(unet: nn.Module, batch: int):
+    """Meta conditioning of the shapes the stock pipelines feed ``unet`` (None: unconditional)."""
+    name, cfg = type(unet).__name__, unet.config
+    if name == "UNet2DModel":
+        return torch.zeros(batch, dtype=torch.long) if cfg.get("num_class_embeds") else None
+    if name == "DiTTransformer2DModel":
+        return torch.zeros(batch, dtype=torch.long)
+    if name == "UNet2DConditionModel":
+        cond = {"encoder_hidden_states": torch.empty(batch, TOKENS[name], cfg.cross_attention_dim)}
+        if cfg.get("addition_embed_type") == "text_time":
+            pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            cond.update(text_embeds=torch.empty(batch, pooled), time_ids=torch.empty(batch, 6))
+        return cond
+    if name == "SD3Transformer2DModel":
+        return {"encoder_hidden_states": torch.empty(batch, TOKENS[name], cfg.joint_attention_dim),
+                "pooled_projections": torch.empty(batch, cfg.pooled_projection_dim)}
+    if name == "PixArtTransformer2DModel":
+        return {"encoder_hidden_states": torch.empty(batch, TOKENS[name], cfg.caption_channels),
+                "encoder_attention_mask": torch.ones(batch, TOKENS[name])}
+    raise OnestepError(f"no memory estimate for {name}")
+
+
+def activation_bytes(network: nn.Module, batch: int, checkpointing: bool) -> int:
+    """Saved-for-backward bytes of one fp32 forward of ``network`` (a Denoiser on the meta device)
+    at ``batch`` samples; ``checkpointing``: with diffusers' gradient checkpointing."""
+    saved = _SavedTensors(network.parameters())
+    unet = getattr(network, "unet", None)
+    if unet is None:  # an MLP denoiser: its own forward
+        def run():
+            x = torch.empty(batch, *network.sample_shape, device="meta", requires_grad=True)
+            network(x, torch.ones(batch, device="meta"))
+        return saved.measure(run)
+    from ..portable.edm_form import call_unet
+
+    if checkpointing:
+        if not getattr(unet, "_supports_gradient_checkpointing", False):
+            checkpointing = False
+        else:
+            unet.enable_gradient_checkpointing(saved.region)
+
+    def run():
+        with torch.device("meta"):
+            x = torch.empty(batch, *network.sample_shape, requires_grad=True)
+            call_unet(unet, x, torch.full((batch,), 500.0), _dummy_cond(unet, batch))
+    try:
+        return saved.measure(run)
+    finally:
+        if checkpointing:
+            unet.disable_gradient_checkpointing()
+
+
+def graph_count(config: Config) -> int:
+    """Denoiser forward graphs held at once at the peak of an iteration (see module docstring)."""
+    from ..distill.method import Distillation
+    from ..objectives.registry import FAKE, TEACHER
+
+    spec, _ = config.objective.resolve()
+    generator_step = 1 + len(set(spec.grad_through) & {TEACHER, FAKE})
+    if config.gan.weight:
+        reader = TEACHER if config.discriminator.features == TEACHER else FAKE
+        if config.gan.sigma != "objective" or reader not in spec.grad_through:
+            generator_step += 1  # the GAN term's own call with gradients
+    fake_step = 2 if Distillation.needs_discriminator(config) else 1
+    return max(generator_step, fake_step)
+
+
+def skeleton(config: Config) -> tuple[nn.Module, int]:
+    """(the teacher's denoiser on the meta device, bytes of its other weighted components)."""
+    t = config.teacher
+    if t.kind == "gmm":
+        from ..nets.mlp import MLPDenoiser
+
+        with torch.device("meta"):
+            network = MLPDenoiser(len(t.means[0]), config.network.hidden, config.network.depth)
+        return network, 0
+    if t.trust_remote_code:
+        raise OnestepError("no memory estimate for a pipeline with its own code (teacher.trust_remote_code)")
+    from ..nets.diffusers_unet import DiffusersDenoiser, parameterization_of
+    from ..teachers.diffusers import skeleton_components
+
+    parts = skeleton_components(t.path, t.subfolder)
+    network = DiffusersDenoiser(parts["unet"], parameterization_of(parts["scheduler"]), latent="vae" in parts)
+    aux = sum(p.numel() for name, m in parts.items() if name not in ("unet", "scheduler") and isinstance(m, nn.Module)
+              for p in m.parameters())
+    return network, aux * DTYPE_BYTES[t.dtype]
+
+
+def estimate(config: Config, processes: int) -> Estimate:
+    """Per-GPU bytes of ``config`` run on ``processes`` processes (see the module docstring)."""
+    tr = config.train
+    if tr.batch_size % processes:
+        raise OnestepError(f"config key 'train.batch_size': {tr.batch_size} is not divisible by {processes} processes")
+    network, aux_bytes = skeleton(config)
+    n = sum(p.numel() for p in network.parameters())
+    sharded = tr.sharding == "fsdp" and processes > 1
+    split = processes if sharded else 1
+    fp32 = 4 * n / split
+    local = tr.batch_size // processes
+    act = activation_bytes(network, local, tr.gradient_checkpointing)
+    if tr.mixed_precision != "no":
+        act *= 0.5  # autocast: most saved tensors in 16 bits (normalisations stay fp32)
+    graphs = graph_count(config)
+    shard_note = f" / {split}" if sharded else ""
+    teacher_split = processes if sharded and tr.shard_teacher else 1
+    rows = [
+        (f"teacher weights ({config.teacher.dtype}{f' / {teacher_split}' if teacher_split > 1 else ''})",
+         n * DTYPE_BYTES[config.teacher.dtype] / teacher_split),
+        ("teacher VAE + text encoders", float(aux_bytes)),
+        (f"generator + fake score (fp32{shard_note})", 2 * fp32),
+        (f"their gradients (fp32{shard_note})", 2 * fp32),
+        (f"Adam moments (2 x fp32{shard_note})", 4 * fp32),
+        (f"EMA (fp32{shard_note})", fp32 if tr.ema_halflife_kimg > 0 else 0.0),
+        (f"activations ({graphs} graph(s){', checkpointed' if tr.gradient_checkpointing else ''}"
+         f"{', ' + tr.mixed_precision if tr.mixed_precision != 'no' else ''})", graphs * act),
+    ]
+    if sharded:
+        units = network.shard_units()
+        largest = max((sum(p.numel() for p in u.parameters()) for u in units), default=n)
+        rows.append(("FSDP all-gathered blocks (2 x largest unit)", 2 * 4 * largest))
+    return Estimate(rows, processes, local, n)

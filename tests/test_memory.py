@@ -1,0 +1,121 @@
+"""The memory estimate of ``onestep distill --dry-run``: parameter counts of the weightless
+skeleton equal the loaded teacher's, the activations measured on the meta device equal what
+autograd saves on real tensors, and the trained states it predicts equal a real checkpoint's."""
+
+import pytest
+import torch
+import yaml
+from _tiny import (
+    save_dit_pipeline,
+    save_latent_pipeline,
+    save_pixart_pipeline,
+    save_sd3_pipeline,
+    save_sdxl_pipeline,
+)
+from safetensors.torch import load_file
+
+from onestep import config as config_mod
+from onestep.build import build_teacher
+from onestep.cli import main
+from onestep.core.rundir import latest_checkpoint
+from onestep.train import memory
+
+BUILDERS = {"latent": save_latent_pipeline, "dit": save_dit_pipeline, "sd3": save_sd3_pipeline,
+            "sdxl": save_sdxl_pipeline, "pixart": save_pixart_pipeline}
+
+
+def _config(path, prompts, **train):
+    return config_mod.from_dict({"teacher": {"kind": "diffusers", "path": str(path), "prompts": prompts},
+                                 "train": {"batch_size": 4, "progress": False, **train}})
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipes")
+    (root / "prompts.txt").write_text("a red square\n")
+    return {k: build(root / k) for k, build in BUILDERS.items()}, str(root / "prompts.txt")
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_skeleton_counts_and_activations_match_the_real_teacher(kind, pipelines):
+    paths, prompts = pipelines
+    cfg = _config(paths[kind], prompts)
+    network, aux_bytes = memory.skeleton(cfg)
+    assert all(p.is_meta for p in network.parameters())
+    teacher = build_teacher(cfg, progress=False)
+    assert sum(p.numel() for p in network.parameters()) == sum(p.numel() for p in teacher.network.parameters())
+    aux = sum(p.numel() for m in [teacher.vae, *teacher.text_parts.values()] if isinstance(m, torch.nn.Module)
+              for p in m.parameters())
+    assert aux_bytes == 4 * aux > 0
+
+    # the meta forward saves what a real forward saves (same shapes, same ops)
+    from onestep.portable.edm_form import call_unet
+
+    real = teacher.network.requires_grad_(True)
+    saved = memory._SavedTensors(real.parameters())
+    cond = memory._dummy_cond(real.unet, 2)
+    cond = {k: torch.zeros_like(v, device="cpu") for k, v in cond.items()} if isinstance(cond, dict) else (
+        None if cond is None else torch.zeros_like(cond, device="cpu"))
+
+    def run():
+        x = torch.randn(2, *real.sample_shape, requires_grad=True)
+        call_unet(real.unet, x, torch.full((2,), 500.0), cond)
+    on_meta, on_cpu = memory.activation_bytes(network, 2, checkpointing=False), saved.measure(run)
+    assert on_cpu > 0 and on_meta == pytest.approx(on_cpu, rel=1e-3)
+    # linear in the batch; checkpointing keeps less
+    full2, full4 = (memory.activation_bytes(network, b, False) for b in (2, 4))
+    assert full4 == pytest.approx(2 * full2, rel=0.02)
+    if getattr(network.unet, "_supports_gradient_checkpointing", False):
+        assert memory.activation_bytes(network, 4, True) < full4
+
+
+def test_fused_attention_keeps_no_score_matrix():
+    """One attention call: the fused count is q, k, v, output and the log-sum-exp."""
+    b, h, n, d = 2, 4, 64, 8
+
+    def run():
+        q, k, v = (torch.empty(b, h, n, d, device="meta", requires_grad=True) for _ in range(3))
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert memory._SavedTensors([]).measure(run) == 4 * (4 * b * h * n * d + b * h * n)
+
+
+def test_predicted_states_equal_a_real_checkpoint(tmp_path, pipelines):
+    """Weights, EMA and Adam moments of a real 1-step run are the bytes the estimate names."""
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "teacher": {"kind": "diffusers", "path": pipelines[0]["dit"]}, "objective": {"name": "dmd"},
+        "train": {"steps": 1, "batch_size": 2, "checkpoint_every": 1, "progress": False, "sample_every": 0,
+                  "ema_halflife_kimg": 0.01}}))
+    assert main(["distill", "--config", str(cfg_path), "--output", str(tmp_path / "run")]) == 0
+    tensors = load_file(str(latest_checkpoint(tmp_path / "run")))
+
+    def total(prefixes, suffixes=("",)):
+        return sum(v.numel() * v.element_size() for k, v in tensors.items()
+                   if k.startswith(prefixes) and k.endswith(suffixes) and v.is_floating_point())
+    rows = dict(memory.estimate(config_mod.load(cfg_path), 1).rows)
+    assert rows["generator + fake score (fp32)"] == total(("generator.", "fake_score."))
+    assert rows["EMA (fp32)"] == total(("ema.",))
+    assert rows["Adam moments (2 x fp32)"] == total(("opt_generator.", "opt_fake."), ("exp_avg", "exp_avg_sq"))
+
+
+def test_dry_run_prints_the_table_and_fsdp_divides_the_trained_states(pipelines, capsys):
+    path = pipelines[0]["sdxl"]
+    assert main(["distill", "--config", "configs/sdxl-dmd2.yaml", "--output", "unused", "--dry-run",
+                 "--set", f"teacher.path={path}", "--set", "train.batch_size=8", "--processes", "4"]) == 0
+    out = capsys.readouterr().out
+    config_mod.from_dict(yaml.safe_load(out))  # still a valid config: the table is YAML comments
+    assert "# memory per GPU (estimate; 4 process(es), 2 samples each" in out
+    cfg = config_mod.load("configs/sdxl-dmd2.yaml", [f"teacher.path={path}", "train.batch_size=8"])
+    one, four = memory.estimate(cfg, 1), memory.estimate(cfg, 4)
+    assert dict(four.rows)["Adam moments (2 x fp32 / 4)"] == pytest.approx(dict(one.rows)["Adam moments (2 x fp32)"] / 4)
+    assert four.total < one.total
+    cfg.train.sharding = "none"
+    assert "Adam moments (2 x fp32)" in dict(memory.estimate(cfg, 4).rows)
+
+
+def test_dry_run_without_a_local_teacher_says_why(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["distill", "--config", "configs/sd3-medium.yaml", "--output", "unused", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "# memory estimate unavailable: teacher.path 'stabilityai/stable-diffusion-3-medium-diffusers'" in out
+    assert main(["distill", "--config", "configs/gmm.yaml", "--output", "unused", "--dry-run", "--processes", "0"]) == 2

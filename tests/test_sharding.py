@@ -34,7 +34,7 @@ def _compare(a, b, atol=2e-5):
 
 
 def test_sharded_equals_unsharded_and_resumes(tmp_path, small_teacher):
-    cfg = _config(tmp_path, checkpoint_every=3, keep_checkpoints=4, sharding="fsdp", shard_teacher=True)
+    cfg = _config(tmp_path, checkpoint_every=3, keep_checkpoints=4, grad_accum=2, sharding="fsdp", shard_teacher=True)
     one, two, split = tmp_path / "one", tmp_path / "two", tmp_path / "split"
     for run in (one, two, split):
         _seed_teacher(cfg, run)
@@ -64,13 +64,29 @@ def test_sharded_equals_unsharded_and_resumes(tmp_path, small_teacher):
     assert _compare(a, load_file(str(latest_checkpoint(single)))) > 20
 
 
-def test_fp16_with_sharding_is_refused():
+def test_fp16_with_sharding_and_a_sharded_teacher_without_sharding_are_refused():
     from conftest import small_config
 
     from onestep.errors import OnestepError
 
     with pytest.raises(OnestepError, match="bf16"):
         small_config(**{"train.sharding": "fsdp", "train.mixed_precision": "fp16"})
+    with pytest.raises(OnestepError, match="train.shard_teacher' needs train.sharding: fsdp"):
+        small_config(**{"train.shard_teacher": "true"})
+
+
+def test_sharding_one_process_warns_and_trains_unsharded(tmp_path, small_teacher):
+    from conftest import small_config
+
+    from onestep.build import build_trainer
+    from onestep.errors import OnestepWarning
+
+    with pytest.warns(OnestepWarning, match="one process shards nothing"):
+        trainer = build_trainer(small_config(**{"train.sharding": "fsdp", "train.steps": 2}), tmp_path / "r",
+                                teacher=small_teacher)
+    assert not trainer.sharded
+    trainer.fit()
+    assert trainer.step == 2
 
 
 def test_sharded_transformer_teacher_equals_unsharded(tmp_path):

@@ -188,6 +188,8 @@ def validate(config: Config) -> None:
     apply_recipe(config, spec.recipe)
     _check_range(d.sigma_sampler, d.sigma_range, "discriminator.sigma_range")
     d.check("discriminator")
+    if config.train.shard_teacher and config.train.sharding != "fsdp":
+        raise OnestepError("config key 'train.shard_teacher' needs train.sharding: fsdp")
     if config.train.sharding == "fsdp" and config.train.mixed_precision == "fp16":
         raise OnestepError("config keys 'train.sharding' and 'train.mixed_precision': fp16 loss scaling is not "
                            "supported with sharded networks; use train.mixed_precision=bf16")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from ..core.rundir import (
 )
 from ..distill.draws import GlobalDraws
 from ..distill.method import Distillation, Networks
-from ..errors import OnestepError
+from ..errors import OnestepError, OnestepWarning
 from . import sharding, state, tracking
 from .allocator import retain_freed_memory
 from .ema import EMA, ema_beta
@@ -77,6 +78,9 @@ class Trainer:
             if tr.ema_halflife_kimg > 0 else None
         # FSDP2 shards in place (no wrapper): the sharded modules are their own "plain" modules
         self.sharded = tr.sharding == "fsdp" and world > 1
+        if tr.sharding == "fsdp" and world == 1:
+            warnings.warn("train.sharding: fsdp with one process shards nothing; launch several with torchrun "
+                          "--nproc_per_node N", OnestepWarning, stacklevel=2)
         if self.sharded:
             for module in (generator, fake_score, self.ema.module if self.ema is not None else None):
                 if module is not None:

@@ -18,12 +18,16 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_writes_every_artifact(demo_dir):
     out, _ = demo_dir
-    for name in ("report.json", "report.md", "samples.png", "teacher.png", "fd_vs_nfe.png"):
+    for name in ("report.json", "report.md", "samples.png", "teacher.png", "fd_vs_nfe.png", "discriminator.png"):
         assert (out / name).is_file(), name
     assert (out / "pipeline" / "model_index.json").is_file()
     report = json.loads((out / "report.json").read_text())
     assert [t["nfe"] for t in report["teacher"]] == [1, 3, 7, 15, 31, 63]
     assert report["student"]["fd_digits"] > 0 and report["distill_seconds"] > 0
+    assert report["discriminator_plot"] and "discriminator.png" in (out / "report.md").read_text()
+    copies = report["nearest_training_distance"]
+    assert copies["student_median"] > 0 and copies["teacher_median"] > 0
+    assert 0 <= copies["student_below_teacher_p5"] <= 1
     best = min(t["fd_digits"] for t in report["teacher"])
     assert report["fd_ratio_student_to_best_teacher"] == pytest.approx(report["student"]["fd_digits"] / best)
     from PIL import Image

@@ -60,13 +60,14 @@ def test_skeleton_counts_and_activations_match_the_real_teacher(kind, pipelines)
     def run():
         x = torch.randn(2, *real.sample_shape, requires_grad=True)
         call_unet(real.unet, x, torch.full((2,), 500.0), cond)
-    on_meta, on_cpu = memory.activation_bytes(network, 2, checkpointing=False), saved.measure(run)
+    on_meta, on_cpu = memory.activation_bytes(network, 2, checkpointing=False)[0], saved.measure(run)[0]
     assert on_cpu > 0 and on_meta == pytest.approx(on_cpu, rel=1e-3)
     # linear in the batch; checkpointing keeps less
-    full2, full4 = (memory.activation_bytes(network, b, False) for b in (2, 4))
+    full2, full4 = (memory.activation_bytes(network, b, False)[0] for b in (2, 4))
     assert full4 == pytest.approx(2 * full2, rel=0.02)
     if getattr(network.unet, "_supports_gradient_checkpointing", False):
-        assert memory.activation_bytes(network, 4, True) < full4
+        kept, region = memory.activation_bytes(network, 4, True)
+        assert 0 < region and kept + region < full4
 
 
 def test_fused_attention_keeps_no_score_matrix():
@@ -76,7 +77,7 @@ def test_fused_attention_keeps_no_score_matrix():
     def run():
         q, k, v = (torch.empty(b, h, n, d, device="meta", requires_grad=True) for _ in range(3))
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert memory._SavedTensors([]).measure(run) == 4 * (4 * b * h * n * d + b * h * n)
+    assert memory._SavedTensors([]).measure(run)[0] == 4 * (4 * b * h * n * d + b * h * n)
 
 
 def test_predicted_states_equal_a_real_checkpoint(tmp_path, pipelines):
@@ -108,6 +109,8 @@ def test_dry_run_prints_the_table_and_fsdp_divides_the_trained_states(pipelines,
     cfg = config_mod.load("configs/sdxl-dmd2.yaml", [f"teacher.path={path}", "train.batch_size=8"])
     one, four = memory.estimate(cfg, 1), memory.estimate(cfg, 4)
     assert dict(four.rows)["Adam moments (2 x fp32 / 4)"] == pytest.approx(dict(one.rows)["Adam moments (2 x fp32)"] / 4)
+    act = [v for k, v in four.rows if k.startswith("activations")][0]
+    assert act == pytest.approx([v for k, v in one.rows if k.startswith("activations")][0] / 4, rel=0.05)
     assert four.total < one.total
     cfg.train.sharding = "none"
     assert "Adam moments (2 x fp32)" in dict(memory.estimate(cfg, 4).rows)
@@ -117,5 +120,25 @@ def test_dry_run_without_a_local_teacher_says_why(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["distill", "--config", "configs/sd3-medium.yaml", "--output", "unused", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "# memory estimate unavailable: teacher.path 'stabilityai/stable-diffusion-3-medium-diffusers'" in out
+    assert "# memory estimate unavailable: teacher.path 'stabilityai/stable-diffusion-3-medium-diffusers' is not a " \
+           "local directory nor in the Hugging Face cache (nothing is downloaded for an estimate)" in out
     assert main(["distill", "--config", "configs/gmm.yaml", "--output", "unused", "--dry-run", "--processes", "0"]) == 2
+
+
+def test_the_peak_counts_the_graphs_each_objective_holds():
+    from conftest import small_config
+
+    # sid: generator (+ its regression pairs), teacher (guided: both halves) and fake score
+    cfg = small_config(**{"objective.name": "sid", "teacher.guidance_scale": 2.0, "regression.weight": 1.0,
+                          "regression.batch_size": 16, "train.batch_size": 64})
+    assert memory.graph_batches(cfg, 32) == [32 + 8, 64, 32]
+    # dmd: no gradient through either score; DMD2's discriminator (independent noise): three batches
+    cfg = small_config(**{"objective.name": "dmd", "gan.weight": 0.01})
+    assert memory.graph_batches(cfg, 16) == [48]
+    assert memory.graph_batches(small_config(**{"objective.name": "dmd"}), 16) == [16]
+    # shared noise at the fake score's sigmas: the denoising pass carries the reals too (SiDA's
+    # design); its generator step (three networks, GAN term read from the same pass) is larger
+    assert memory.graph_batches(small_config(**{"objective.name": "sida"}), 16) == [16, 16, 16]
+    monitor = {"objective.name": "diff_instruct", "discriminator.monitor": "true"}
+    assert memory.graph_batches(small_config(**monitor), 16) == [32]
+    assert memory.graph_batches(small_config(**monitor, **{"discriminator.noise": "independent"}), 16) == [48]

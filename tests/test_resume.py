@@ -61,3 +61,22 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
         assert (a[k] == b[k]).all(), f"{k} differs after resume"
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (run / "stats.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS  # no duplicated log rows
+
+
+def test_a_resume_takes_the_new_learning_rates(tmp_path, small_teacher):
+    """The way out of a divergence abort is a resume with lower learning rates: they must apply
+    to the restored optimizers (not the checkpoint's)."""
+    from conftest import small_config
+
+    from onestep.build import build_trainer
+
+    run = tmp_path / "run"
+    first = build_trainer(small_config(**{"train.steps": 2, "objective.name": "f_distill", "objective.f": "js",
+                                          "gan.weight": 0.01}), run, teacher=small_teacher)
+    first.fit()
+    lowered = {"train.steps": 3, "objective.name": "f_distill", "objective.f": "js", "gan.weight": 0.01,
+               "train.lr_fake": 1e-6, "discriminator.lr": 2e-6}
+    second = build_trainer(small_config(**lowered), run, teacher=small_teacher)
+    second.fit(resume=latest_checkpoint(run))
+    assert [g["lr"] for g in second.opt_fake.param_groups] == [1e-6, 2e-6]
+    assert second.opt_fake.state  # the moments were restored, not reset

@@ -4,6 +4,7 @@ batch; its checkpoints are full states (they resume sharded, and load in one pro
 
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,16 +91,16 @@ def test_sharding_one_process_warns_and_trains_unsharded(tmp_path, small_teacher
 
 
 def test_sharded_transformer_teacher_equals_unsharded(tmp_path):
-    """A DiT teacher: one FSDP unit per transformer block, the discriminator data-parallel beside;
-    the reference is the same two processes data-parallel (with Adam's beta1 = 0 the first steps
+    """A DiT teacher: one FSDP unit per transformer block. ``dmd`` calls the fake score without
+    gradients in the generator step, then trains it: the root unit must reshard in between (or
+    its weights would keep the frozen flag and never train). The reference is the same two processes data-parallel (with Adam's beta1 = 0 the first steps
     move each weight by about +-lr, so one process against two differs by summation order alone)."""
     from _tiny import save_dit_pipeline
 
     path = save_dit_pipeline(tmp_path / "dit")
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({
-        "teacher": {"kind": "diffusers", "path": path, "guidance_scale": 1.5}, "objective": {"name": "sid"},
-        "gan": {"weight": 0.01}, "discriminator": {"features": "fake_score", "taps": "encoder"},
+        "teacher": {"kind": "diffusers", "path": path, "guidance_scale": 1.5}, "objective": {"name": "dmd"},
         "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "progress": False, "sample_every": 0,
                   "ema_halflife_kimg": 0.01, "sharding": "fsdp"}}))
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
@@ -108,3 +109,6 @@ def test_sharded_transformer_teacher_equals_unsharded(tmp_path):
     assert "FSDP units each over 2 processes" in proc.stdout
     a, b = load_file(str(latest_checkpoint(ddp))), load_file(str(latest_checkpoint(fsdp)))
     assert _compare(a, b, atol=1e-4) > 50
+    init = load_file(str(Path(path) / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for key in ("proj_out_2.weight", "pos_embed.proj.weight", "transformer_blocks.0.attn1.to_q.weight"):
+        assert not torch.allclose(b[f"fake_score.network.unet.{key}"], init[key]), key  # root-unit weights trained

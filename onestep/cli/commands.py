@@ -90,6 +90,8 @@ def _memory_estimate(cfg, processes: int) -> str:
         return estimate(cfg, processes).format()
     except OnestepError as exc:
         return f"# memory estimate unavailable: {exc}"
+    except Exception as exc:  # a network the meta-device trace does not handle: the config still printed
+        return f"# memory estimate unavailable: the network could not be traced on the meta device ({type(exc).__name__})"
 
 
 def cmd_sample(args) -> int:

@@ -63,15 +63,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; a clear error if missing or corrupt."""
+def load_safetensors(path: Path, select=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors (those whose names ``select`` accepts, default all) and metadata of a safetensors
+    file; a clear error if missing or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise OnestepError(f"weights file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
-        tensors = load_file(str(path))
+            if select is not None:
+                tensors = {k: fh.get_tensor(k) for k in fh.keys() if select(k)}
+        if select is None:
+            tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise OnestepError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
     return tensors, metadata

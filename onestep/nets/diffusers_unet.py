@@ -165,7 +165,8 @@ class DiffusersDenoiser(Denoiser):
             blocks = list(self.unet.transformer_blocks)
             # DiT's output layer reads block 0's embedder outside that block's forward: keep it in the root
             return blocks[1:] if type(self.unet).__name__ == "DiTTransformer2DModel" else blocks
-        return [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
+        blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
+        return [b for b in blocks if b is not None]  # (mid_block_type: null has none)
 
     @property
     def sigma_range(self) -> tuple[float, float]:

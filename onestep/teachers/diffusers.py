@@ -88,9 +88,10 @@ def _load_component(path: Path, name: str, entry, dtype=None, folder: str | None
         raise OnestepError(f"pipeline at '{path}': cannot load '{folder}' ({type(exc).__name__}: {first})") from None
 
 
-def resolve_pipeline(path: str) -> Path:
+def resolve_pipeline(path: str, download: bool = True) -> Path:
     """A local pipeline directory for ``path``: the directory itself, or a hub id's cached snapshot.
-    A hub id that is not cached fails at once where the hub cannot be reached (no 30 s of retries)."""
+    A hub id that is not cached fails at once where the hub cannot be reached (no 30 s of retries),
+    or without trying when ``download`` is False."""
     local = Path(path).expanduser()
     if local.exists():
         if not local.is_dir():
@@ -106,6 +107,9 @@ def resolve_pipeline(path: str) -> Path:
         return Path(snapshot_download(str(path), local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         pass
+    if not download:
+        raise OnestepError(f"teacher.path '{path}' is not a local directory nor in the Hugging Face cache "
+                           f"(nothing is downloaded for an estimate)")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or not _hub_reachable():
         raise OnestepError(f"teacher.path '{path}' is not a local directory, not in the Hugging Face cache, and the "
                            f"hub cannot be reached; download it first or give a local directory")
@@ -300,7 +304,7 @@ def load_diffusers_teacher(path: str, subfolder: str | None = None, dtype: str =
 def skeleton_components(path: str, subfolder: str | None = None) -> dict:
     """A pipeline's weighted components built from their configs alone, on the meta device (no
     weights read: for memory estimates), plus its scheduler; only diffusers/transformers classes."""
-    local = resolve_pipeline(path)
+    local = resolve_pipeline(path, download=False)
     index = read_index(local)
     denoiser = "transformer" if "transformer" in index and "unet" not in index else "unet"
     if denoiser not in index or "scheduler" not in index:

@@ -7,13 +7,16 @@ attention as the fused kernels keep it (q, k, v, output and the log-sum-exp, not
 matrix). What is trained, and so held per network in fp32 (and divided by the process count
 under ``train.sharding: fsdp``):
 
-- weights of generator and fake score, their gradients, Adam's two moments, the EMA copy;
+- weights of generator and fake score, Adam's two moments, the EMA copy;
 - the frozen teacher in ``teacher.dtype`` (divided too with ``train.shard_teacher``), its VAE and
   text encoders (never sharded);
-- activations: the graphs one step holds, the larger of the generator step (the generator, the
-  teacher and fake score where the objective's gradient flows through them, the GAN term's
-  feature network) and the fake-score step (the fake score, twice with a discriminator: its
-  real and generated batches);
+- activations: the graphs one step holds, the larger of the generator step (the generator with
+  its regression pairs, the teacher (twice the batch under guidance) and fake score where the
+  objective's gradient flows through them, the GAN term's feature network) and the fake-score
+  step (the fake score on its denoising batch, plus generated and real batches for a
+  fake-score discriminator; one pass of two batches when it shares their noise); with
+  checkpointing, one block's activations recomputed at a time;
+- gradients of one network at a time (each step frees them);
 - FSDP: the all-gathered blocks in flight (the largest unit, current and prefetched, fp32).
 
 Not counted: the CUDA context and kernels' workspace (~0.5-1 GiB), allocator fragmentation,
@@ -118,10 +121,12 @@ class _SavedTensors:
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = function(*args, **kwargs)
-        self.largest_region = max(self.largest_region, _tensor_bytes(inner.values()))
+        recomputed = [t for key, t in inner.items() if key not in self.kept]  # (its inputs are kept anyway)
+        self.largest_region = max(self.largest_region, _tensor_bytes(recomputed))
         return out
 
-    def measure(self, run) -> int:
+    def measure(self, run) -> tuple[int, int]:
+        """(bytes kept for backward, bytes of the largest checkpointed region) while ``run()`` runs."""
         sdpa = torch.nn.functional.scaled_dot_product_attention
         torch.nn.functional.scaled_dot_product_attention = _fused_sdpa
         try:
@@ -129,7 +134,7 @@ class _SavedTensors:
                 run()
         finally:
             torch.nn.functional.scaled_dot_product_attention = sdpa
-        return _tensor_bytes(self.kept.values()) + self.largest_region
+        return _tensor_bytes(self.kept.values()), self.largest_region
 
 
 def _dummy_cond(unet: nn.Module, batch: int):
@@ -154,9 +159,10 @@ def _dummy_cond(unet: nn.Module, batch: int):
     raise OnestepError(f"no memory estimate for {name}")
 
 
-def activation_bytes(network: nn.Module, batch: int, checkpointing: bool) -> int:
-    """Saved-for-backward bytes of one fp32 forward of ``network`` (a Denoiser on the meta device)
-    at ``batch`` samples; ``checkpointing``: with diffusers' gradient checkpointing."""
+def activation_bytes(network: nn.Module, batch: int, checkpointing: bool) -> tuple[int, int]:
+    """(saved-for-backward bytes, bytes of the largest checkpointed region, recomputed in backward)
+    of one fp32 forward of ``network`` (a Denoiser on the meta device) at ``batch`` samples;
+    ``checkpointing``: with diffusers' gradient checkpointing (else the region is 0)."""
     saved = _SavedTensors(network.parameters())
     unet = getattr(network, "unet", None)
     if unet is None:  # an MLP denoiser: its own forward
@@ -183,19 +189,32 @@ def activation_bytes(network: nn.Module, batch: int, checkpointing: bool) -> int
             unet.disable_gradient_checkpointing()
 
 
-def graph_count(config: Config) -> int:
-    """Denoiser forward graphs held at once at the peak of an iteration (see module docstring)."""
+def graph_batches(config: Config, local: int) -> list[int]:
+    """Samples (per process) in each network graph held at the peak of an iteration: the larger
+    (in samples) of the generator step's and the fake-score step's graphs (module docstring)."""
     from ..distill.method import Distillation
     from ..objectives.registry import FAKE, TEACHER
 
     spec, _ = config.objective.resolve()
-    generator_step = 1 + len(set(spec.grad_through) & {TEACHER, FAKE})
+    guided = 2 if config.teacher.guidance_scale != 1.0 else 1  # classifier-free guidance: 2 passes
+    reg = config.regression.batch_size // max(1, config.train.batch_size // local) if config.regression.weight > 0 else 0
+    generator_step = [local + reg]
+    through = set(spec.grad_through)
+    generator_step += [local * guided] if TEACHER in through else []
+    generator_step += [local] if FAKE in through else []
     if config.gan.weight:
         reader = TEACHER if config.discriminator.features == TEACHER else FAKE
-        if config.gan.sigma != "objective" or reader not in spec.grad_through:
-            generator_step += 1  # the GAN term's own call with gradients
-    fake_step = 2 if Distillation.needs_discriminator(config) else 1
-    return max(generator_step, fake_step)
+        if config.gan.sigma != "objective" or reader not in through:  # its own call with gradients
+            generator_step.append(local * (guided if reader == TEACHER else 1))
+    fake_step = [local]
+    if Distillation.needs_discriminator(config) and config.discriminator.features == FAKE:
+        o, d = config.objective, config.discriminator
+        objective_sampler = (o.sigma_sampler or spec.sigma_sampler, tuple(o.sigma_range) if o.sigma_range else None)
+        fake_sampler = objective_sampler if o.fake_sigma_sampler == "generator" else ("lognormal", None)
+        one_pass = d.noise == "shared" and (d.sigma_sampler, tuple(d.sigma_range) if d.sigma_range else None) \
+            == fake_sampler  # (distill/critic.py: the denoising pass's inputs are the fakes)
+        fake_step = [local * (2 if one_pass else 3)]  # denoising input (+ fakes) + reals in one pass
+    return max(generator_step, fake_step, key=sum)
 
 
 def skeleton(config: Config) -> tuple[nn.Module, int]:
@@ -230,10 +249,12 @@ def estimate(config: Config, processes: int) -> Estimate:
     split = processes if sharded else 1
     fp32 = 4 * n / split
     local = tr.batch_size // processes
-    act = activation_bytes(network, local, tr.gradient_checkpointing)
+    kept, region = activation_bytes(network, local, tr.gradient_checkpointing)
+    graphs = graph_batches(config, local)
+    # linear in the batch: the graphs' saved tensors together, one region recomputed at a time
+    act = kept * sum(graphs) / local + region * max(graphs) / local
     if tr.mixed_precision != "no":
         act *= 0.5  # autocast: most saved tensors in 16 bits (normalisations stay fp32)
-    graphs = graph_count(config)
     shard_note = f" / {split}" if sharded else ""
     teacher_split = processes if sharded and tr.shard_teacher else 1
     rows = [
@@ -241,11 +262,11 @@ def estimate(config: Config, processes: int) -> Estimate:
          n * DTYPE_BYTES[config.teacher.dtype] / teacher_split),
         ("teacher VAE + text encoders", float(aux_bytes)),
         (f"generator + fake score (fp32{shard_note})", 2 * fp32),
-        (f"their gradients (fp32{shard_note})", 2 * fp32),
+        (f"gradients, one network at a time (fp32{shard_note})", fp32),
         (f"Adam moments (2 x fp32{shard_note})", 4 * fp32),
         (f"EMA (fp32{shard_note})", fp32 if tr.ema_halflife_kimg > 0 else 0.0),
-        (f"activations ({graphs} graph(s){', checkpointed' if tr.gradient_checkpointing else ''}"
-         f"{', ' + tr.mixed_precision if tr.mixed_precision != 'no' else ''})", graphs * act),
+        (f"activations ({' + '.join(map(str, graphs))} samples{', checkpointed' if tr.gradient_checkpointing else ''}"
+         f"{', ' + tr.mixed_precision if tr.mixed_precision != 'no' else ''})", act),
     ]
     if sharded:
         units = network.shard_units()

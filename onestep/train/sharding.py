@@ -30,7 +30,10 @@ def shard(module: nn.Module) -> nn.Module:
     network = getattr(module, "network", module)
     for unit in network.shard_units():
         fully_shard(unit)
-    fully_shard(module)
+    # the root too reshards after every forward (FSDP2 keeps a root gathered by default): else a
+    # no-grad forward (the fake score in a generator step) leaves its gathered weights frozen
+    # and stale until the next backward
+    fully_shard(module, reshard_after_forward=True)
     return module
 
 
@@ -79,9 +82,23 @@ def module_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_module_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Rank 0's full state (``state``; other ranks pass {}) broadcast into every rank's shards."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+def check_optimizer_state(optimizer, state: dict) -> None:
+    """ValueError unless ``state`` (position-keyed) fits ``optimizer``'s groups and parameters."""
+    groups = optimizer.param_groups
+    if len(state["param_groups"]) != len(groups) or any(
+            len(saved["params"]) != len(ours["params"]) for saved, ours in zip(state["param_groups"], groups)):
+        raise ValueError("the saved optimizer has other parameter groups")
+    params = [p for group in groups for p in group["params"]]
+    for index, entry in state["state"].items():
+        for value in entry.values():
+            if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != tuple(params[int(index)].shape):
+                raise ValueError("a saved optimizer moment has another shape than its parameter")
 
 
 def _param_names(optimizer, owner: nn.Module) -> list[str]:
@@ -94,7 +111,7 @@ def optimizer_state(optimizer, owner: nn.Module | None) -> dict:
     """``optimizer.state_dict()`` layout (states keyed by parameter position) of a possibly sharded
     optimizer, gathered; ``owner``: the module holding its parameters when they are sharded (else
     None). A collective when sharded; ranks other than 0 receive an empty state."""
-    if owner is None:
+    if owner is None or not optimizer.state:  # (before a first step there is nothing to gather)
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -102,25 +119,23 @@ def optimizer_state(optimizer, owner: nn.Module | None) -> dict:
     if "param_groups" not in full:  # only rank 0 receives the gathered state
         return {"state": {}, "param_groups": []}
     index = {name: i for i, name in enumerate(_param_names(optimizer, owner))}
-    groups, start = [], 0
-    for group, ours in zip(full["param_groups"], optimizer.param_groups):
-        n = len(ours["params"])
-        groups.append({**group, "params": list(range(start, start + n))})
-        start += n
+    groups = optimizer.state_dict()["param_groups"]  # position-keyed already; the same on every rank
     return {"state": {index[k]: v for k, v in full["state"].items()}, "param_groups": groups}
 
 
-def load_optimizer_state(optimizer, owner: nn.Module, state: dict) -> None:
-    """Inverse of ``optimizer_state`` for a sharded optimizer (every rank passes the full state)."""
+def load_optimizer_state(optimizer, owner: nn.Module, state: dict | None) -> None:
+    """Inverse of ``optimizer_state``: rank 0 passes the position-keyed state, other ranks None;
+    broadcast into every rank's shards."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    order = _param_names(optimizer, owner)
-    groups, start = [], 0
-    for saved, ours in zip(state["param_groups"], optimizer.param_groups, strict=True):
-        n = len(ours["params"])
-        if len(saved["params"]) != n:
-            raise ValueError("the saved optimizer has other parameter groups")
-        groups.append({**saved, "params": order[start : start + n]})
-        start += n
-    full = {"state": {order[int(i)]: v for i, v in state["state"].items()}, "param_groups": groups}
-    set_optimizer_state_dict(owner, optimizer, full, options=StateDictOptions(full_state_dict=True))
+    full = {}
+    if state is not None:
+        order = _param_names(optimizer, owner)
+        groups, start = [], 0
+        for saved, ours in zip(state["param_groups"], optimizer.param_groups):
+            n = len(ours["params"])
+            groups.append({**saved, "params": order[start : start + n]})
+            start += n
+        full = {"state": {order[int(i)]: v for i, v in state["state"].items()}, "param_groups": groups}
+    set_optimizer_state_dict(owner, optimizer, full,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))

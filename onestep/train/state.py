@@ -35,6 +35,11 @@ RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every",
                      "discriminator.lr", "train.max_nonfinite", "train.report_to", "train.sample_every"}
 
 
+# a resumed optimizer keeps this run's kernel choice and learning rates (the generator's is set
+# every step; train.lr_fake and discriminator.lr may change on resume: RESUMABLE_CHANGES)
+KEPT_GROUP_KEYS = ("lr", "fused", "foreach")
+
+
 def _optimizer(opt):
     return opt.optimizer if hasattr(opt, "optimizer") else opt  # accelerate's wrapper
 
@@ -63,8 +68,16 @@ def pack(trainer) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def restore(trainer, path: Path) -> None:
-    """Load ``path`` into ``trainer`` (after checking that its config allows the resume)."""
-    tensors, raw = load_safetensors(path)
+    """Load ``path`` into ``trainer`` (after checking that its config allows the resume).
+
+    Sharded: only the main process reads the sharded networks' and optimizers' tensors; they
+    reach the other processes' shards by broadcast (no process holds what it does not shard
+    besides the main one)."""
+    sharded = {name for name, module in trainer.modules_to_save().items() if sharding.is_sharded(module)}
+    sharded |= {name for name in trainer.optimizers() if trainer.optimizer_owner(name) is not None}
+    main = trainer.acc.is_main_process
+    select = None if main or not sharded else (lambda key: key.split(".", 1)[0] not in sharded)
+    tensors, raw = load_safetensors(path, select)
     try:
         meta = {k: json.loads(v) for k, v in raw.items()}
         saved_config, layouts = meta["config"], meta["optimizers"]
@@ -73,21 +86,31 @@ def restore(trainer, path: Path) -> None:
                            f"step and optimizer state)") from None
     check_resumable(saved_config, trainer.cfg, path)
     for name, module in trainer.modules_to_save().items():
-        if sharding.is_sharded(module):
-            _load_sharded(name, tensors, module, path)
+        if name in sharded:
+            _load_sharded(trainer, name, tensors, module, path)
         else:
             unpack_module(name, tensors, module)
     for name, opt in trainer.optimizers().items():
+        optimizer = _optimizer(opt)
+        kept = [{k: group[k] for k in KEPT_GROUP_KEYS if k in group} for group in optimizer.param_groups]
+        owner = trainer.optimizer_owner(name)
+        ok, saved = True, None
         try:
-            saved = unpack_optimizer(name, tensors, layouts[name])
-            owner = trainer.optimizer_owner(name)
-            if owner is None:
-                _optimizer(opt).load_state_dict(saved)
-            else:
-                sharding.load_optimizer_state(_optimizer(opt), owner, saved)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise OnestepError(f"cannot restore the optimizer state '{name}' from {path} ({type(exc).__name__}); "
-                               f"start a new run") from None
+            if owner is None or main:
+                saved = unpack_optimizer(name, tensors, layouts[name])
+                sharding.check_optimizer_state(optimizer, saved)
+        except (KeyError, ValueError, IndexError):
+            ok = False
+        if owner is not None:  # the main process decides for all
+            ok = _everywhere(trainer, ok)
+        if not ok:
+            raise OnestepError(f"cannot restore the optimizer state '{name}' from {path}; start a new run")
+        if owner is None:
+            optimizer.load_state_dict(saved)
+        elif _everywhere(trainer, bool(saved["state"]) if main else True):  # (none before a first step)
+            sharding.load_optimizer_state(optimizer, owner, saved if main else None)
+        for group, mine in zip(optimizer.param_groups, kept):  # this run's kernel and learning rates
+            group.update(mine)
     restore_rng("rng", tensors, {"train": trainer.rng})
     if meta.get("scaler") and trainer.acc.scaler is not None:
         trainer.acc.scaler.load_state_dict(meta["scaler"])
@@ -96,13 +119,25 @@ def restore(trainer, path: Path) -> None:
     trainer.overflow_total = meta["counters"]["overflow_total"]
 
 
-def _load_sharded(name: str, tensors: dict[str, torch.Tensor], module, path: Path) -> None:
+def _everywhere(trainer, ok: bool) -> bool:
+    """True on every process iff ``ok`` on every process (one all-reduce)."""
+    if trainer.acc.num_processes == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=trainer.device)
+    return float(trainer.acc.reduce(flag, reduction="sum")) == 0.0
+
+
+def _load_sharded(trainer, name: str, tensors: dict[str, torch.Tensor], module, path: Path) -> None:
+    """The main process's full state, checked there, broadcast into every process's shards."""
     sub = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
-    try:
-        sharding.load_module_state(module, sub)
-    except (KeyError, ValueError, RuntimeError):
+    ok = True
+    if trainer.acc.is_main_process:
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        ok = expected == {k: tuple(v.shape) for k, v in sub.items()}
+    if not _everywhere(trainer, ok):
         raise OnestepError(f"checkpoint {path} does not match the model for '{name}' (missing, unexpected or "
-                           f"other-shaped tensors); was the network or config changed?") from None
+                           f"other-shaped tensors); was the network or config changed?")
+    sharding.load_module_state(module, sub if trainer.acc.is_main_process else {})
 
 
 def check_checkpoint(path: Path, config: config_mod.Config) -> None:

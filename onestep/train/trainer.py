@@ -168,7 +168,7 @@ class Trainer:
     def _backward_and_step(self, loss, optimizer, name: str, stats: dict) -> bool:
         """Backward, clip, step; a non-finite loss or gradient skips the step (counted)."""
         tr = self.cfg.train
-        if not _finite(loss):
+        if not self._finite_everywhere(loss):  # every process skips together (or collectives would hang)
             optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite(name, "loss")
             return False
@@ -194,6 +194,12 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         self.nonfinite_streak[name] = 0
         return True
+
+    def _finite_everywhere(self, t: torch.Tensor) -> bool:
+        if self.acc.num_processes == 1:
+            return _finite(t)
+        bad = torch.tensor([0.0 if _finite(t) else 1.0], device=self.device)
+        return float(self.acc.reduce(bad, reduction="sum")) == 0.0
 
     def _count_nonfinite(self, name: str, what: str) -> None:
         self.nonfinite_total += 1
@@ -248,12 +254,13 @@ class Trainer:
         return self._owners[name] if self.sharded else None
 
     def save_checkpoint(self) -> Path:
-        """Atomic checkpoint of the whole state (main process writes; all ranks hold the same)."""
+        """Atomic checkpoint of the whole state (the main process writes; sharded states are gathered to it)."""
         path = checkpoint_path(self.run_dir, self.step)
         tensors, meta = state.pack(self)
         bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            raise OnestepError(f"refusing to checkpoint non-finite weights ({bad[0]}) at step {self.step}")
+        if not self._finite_everywhere(torch.tensor(float("nan") if bad else 0.0)):  # (sharded: only rank 0 holds them)
+            raise OnestepError(f"refusing to checkpoint non-finite weights ({bad[0] if bad else 'on the main process'}) "
+                               f"at step {self.step}")
         if self.acc.is_main_process:
             atomic_save(tensors, path, {k: json.dumps(v) for k, v in meta.items()})
             prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
@@ -315,6 +322,7 @@ class Trainer:
         bar.close()
         if tr.report_to != "none":
             self.acc.end_training()
-        if fingerprint(self.teacher) != self.teacher_fingerprint:
+        # (a sum in float64: equal up to summation order, which sharding may change)
+        if not math.isclose(fingerprint(self.teacher), self.teacher_fingerprint, rel_tol=1e-12):
             raise RuntimeError("teacher parameters changed during training")  # an invariant, not user error
         return stats

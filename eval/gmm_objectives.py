@@ -47,7 +47,10 @@ def variants() -> list[tuple[str, dict]]:
 
 
 def run_one(base: config_mod.Config, overrides: dict, teacher, gmm, num_samples: int, seed: int) -> dict:
-    data = config_mod.apply_overrides(config_mod.to_dict(base), [f"{k}={v}" for k, v in overrides.items()])
+    data = config_mod.to_dict(base)
+    # each variant names its own objective: the base's objective parameters belong to the base's
+    data["objective"] = {"name": data["objective"]["name"]}
+    data = config_mod.apply_overrides(data, [f"{k}={v}" for k, v in overrides.items()])
     cfg = config_mod.from_dict(data)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,11 +1,12 @@
 """One row of the digits benchmark (README "The discriminator on digits"): distill the bundled
 teacher with config overrides, then score the EMA generator's FD-digits at evaluation seeds
 0, 1 and 2 (eval/PROTOCOL.md: select on 1 and 2, report 0), with the discriminator's held-out
-accuracy and the spread of its log-ratio per sigma bin over the run's last five log lines.
+accuracy and the spread of its log-ratio per sigma bin over the run's last five log lines, and
+the copy check at seed 0 (nearest-training-digit distances of the student's samples and of
+the teacher's at NFE 31, as in the demo report).
 
-    python eval/digits_benchmark.py --output runs/bench/ui_js_s1 \\
-        --set train.steps=1000 objective.f=js gan.weight=0.1 train.seed=1 \\
-              discriminator.monitor=false discriminator.features=null
+    python eval/digits_benchmark.py --config configs/digits-uni-instruct.yaml --output runs/bench/ui_js_s1 \\
+        --set train.steps=1000 objective.f=js gan.weight=0.1 train.seed=1
     python eval/digits_benchmark.py --output runs/bench/ui_js_s1 --score-only   # a finished run
 
 An interrupted row resumes from its last checkpoint. Prints one JSON line and writes it to
@@ -21,16 +22,18 @@ import sys
 import time
 from pathlib import Path
 
-from onestep import build_trainer, load_generator
+from onestep import build_teacher, build_trainer, load_generator
 from onestep import config as config_mod
 from onestep.core.rundir import latest_checkpoint
 from onestep.data.datasets import load_digits
 from onestep.errors import OnestepError
+from onestep.evaluation.copy_check import copy_report
 from onestep.evaluation.fd import FDScorer
-from onestep.evaluation.nfe import student_samples
+from onestep.evaluation.nfe import student_samples, teacher_samples_at
 from onestep.evaluation.plots import read_stats
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+TEACHER_NFE = 31  # the digits teacher's best Heun setting (README, make demo)
 
 
 def discriminator_summary(stats: list[dict], last: int = 5) -> dict:
@@ -77,6 +80,10 @@ def main(argv=None) -> int:
     for seed in args.eval_seeds:
         x, _ = student_samples(generator, args.num_samples, seed, num_classes)
         row[f"fd_seed{seed}"] = scorer(x)
+        if seed == args.eval_seeds[0]:
+            teacher = build_teacher(cfg, progress=False)
+            x_teacher, _ = teacher_samples_at(teacher, cfg.schedule, TEACHER_NFE, args.num_samples, seed)
+            row["copy_check"] = copy_report(x, x_teacher, reference)
     row.update(discriminator_summary(read_stats(out / "stats.jsonl")))
     line = json.dumps(row)
     print(line)

@@ -1,4 +1,4 @@
-"""The Gaussian gradient oracle of DESIGN.md section 6.
+"""The Gaussian gradient oracle of docs/design.md section 6.
 
 Teacher ``N(0, 1)``, generator ``x = mu + s z``: at noise level sigma
 ``p_sigma = N(0, 1 + sigma^2)`` and ``q_sigma = N(mu, s^2 + sigma^2)`` have exact scores

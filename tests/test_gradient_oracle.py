@@ -1,5 +1,5 @@
 """Each objective's Monte-Carlo generator gradient equals the quadrature gradient of the
-divergence it claims to minimise (DESIGN.md section 6), w.r.t. the generator's mean AND scale."""
+divergence it claims to minimise (docs/design.md section 6), w.r.t. the generator's mean AND scale."""
 
 import pytest
 import torch

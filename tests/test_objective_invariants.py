@@ -1,4 +1,4 @@
-"""Registry invariants (DESIGN.md section 6) and the normalisers' properties."""
+"""Registry invariants (docs/design.md section 6) and the normalisers' properties."""
 
 import dataclasses
 

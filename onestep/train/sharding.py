@@ -13,6 +13,15 @@ import torch
 from torch import nn
 
 
+def true_everywhere(acc, ok: bool) -> bool:
+    """True on every process iff ``ok`` on every process (one all-reduce; ``acc``: the Accelerator).
+    Every process must take the same branch before a collective, or the collectives hang."""
+    if acc.num_processes == 1:
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device=acc.device)
+    return float(acc.reduce(flag, reduction="sum")) == 0.0
+
+
 def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

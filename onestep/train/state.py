@@ -102,12 +102,12 @@ def restore(trainer, path: Path) -> None:
         except (KeyError, ValueError, IndexError):
             ok = False
         if owner is not None:  # the main process decides for all
-            ok = _everywhere(trainer, ok)
+            ok = sharding.true_everywhere(trainer.acc, ok)
         if not ok:
             raise OnestepError(f"cannot restore the optimizer state '{name}' from {path}; start a new run")
         if owner is None:
             optimizer.load_state_dict(saved)
-        elif _everywhere(trainer, bool(saved["state"]) if main else True):  # (none before a first step)
+        elif sharding.true_everywhere(trainer.acc, bool(saved["state"]) if main else True):  # (none before a first step)
             sharding.load_optimizer_state(optimizer, owner, saved if main else None)
         for group, mine in zip(optimizer.param_groups, kept):  # this run's kernel and learning rates
             group.update(mine)
@@ -119,14 +119,6 @@ def restore(trainer, path: Path) -> None:
     trainer.overflow_total = meta["counters"]["overflow_total"]
 
 
-def _everywhere(trainer, ok: bool) -> bool:
-    """True on every process iff ``ok`` on every process (one all-reduce)."""
-    if trainer.acc.num_processes == 1:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0], device=trainer.device)
-    return float(trainer.acc.reduce(flag, reduction="sum")) == 0.0
-
-
 def _load_sharded(trainer, name: str, tensors: dict[str, torch.Tensor], module, path: Path) -> None:
     """The main process's full state, checked there, broadcast into every process's shards."""
     sub = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
@@ -134,7 +126,7 @@ def _load_sharded(trainer, name: str, tensors: dict[str, torch.Tensor], module, 
     if trainer.acc.is_main_process:
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         ok = expected == {k: tuple(v.shape) for k, v in sub.items()}
-    if not _everywhere(trainer, ok):
+    if not sharding.true_everywhere(trainer.acc, ok):
         raise OnestepError(f"checkpoint {path} does not match the model for '{name}' (missing, unexpected or "
                            f"other-shaped tensors); was the network or config changed?")
     sharding.load_module_state(module, sub if trainer.acc.is_main_process else {})

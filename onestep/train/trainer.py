@@ -168,7 +168,7 @@ class Trainer:
     def _backward_and_step(self, loss, optimizer, name: str, stats: dict) -> bool:
         """Backward, clip, step; a non-finite loss or gradient skips the step (counted)."""
         tr = self.cfg.train
-        if not self._finite_everywhere(loss):  # every process skips together (or collectives would hang)
+        if not sharding.true_everywhere(self.acc, _finite(loss)):  # every process skips together
             optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite(name, "loss")
             return False
@@ -194,12 +194,6 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         self.nonfinite_streak[name] = 0
         return True
-
-    def _finite_everywhere(self, t: torch.Tensor) -> bool:
-        if self.acc.num_processes == 1:
-            return _finite(t)
-        bad = torch.tensor([0.0 if _finite(t) else 1.0], device=self.device)
-        return float(self.acc.reduce(bad, reduction="sum")) == 0.0
 
     def _count_nonfinite(self, name: str, what: str) -> None:
         self.nonfinite_total += 1
@@ -258,7 +252,7 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.step)
         tensors, meta = state.pack(self)
         bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if not self._finite_everywhere(torch.tensor(float("nan") if bad else 0.0)):  # (sharded: only rank 0 holds them)
+        if not sharding.true_everywhere(self.acc, not bad):  # (sharded: only the main process holds them)
             raise OnestepError(f"refusing to checkpoint non-finite weights ({bad[0] if bad else 'on the main process'}) "
                                f"at step {self.step}")
         if self.acc.is_main_process:

@@ -314,9 +314,10 @@ class Trainer:
             if self.step % tr.checkpoint_every == 0 or self.step == tr.steps:
                 self.save_checkpoint()
         bar.close()
-        if tr.report_to != "none":
-            self.acc.end_training()
         # (a sum in float64: equal up to summation order, which sharding may change)
         if not math.isclose(fingerprint(self.teacher), self.teacher_fingerprint, rel_tol=1e-12):
             raise RuntimeError("teacher parameters changed during training")  # an invariant, not user error
+        # finish the trackers and destroy the process group: a gloo group left to interpreter
+        # exit can abort a process ("terminate called without an active exception")
+        self.acc.end_training()
         return stats

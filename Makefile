@@ -27,9 +27,9 @@ test: install
 lint: install
 	$(BIN)/ruff check onestep eval tests
 
-# regenerate the README's config-key table from the schema (tests/test_package.py checks it)
+# regenerate the config-key table of docs/configuration.md from the schema (tests/test_package.py checks it)
 keys: install
-	$(BIN)/python -m onestep.config.keys README.md
+	$(BIN)/python -m onestep.config.keys docs/configuration.md
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -1,4 +1,4 @@
-"""One row of the digits benchmark (README "The discriminator on digits"): distill the bundled
+"""One row of the digits benchmark (docs/results.md "The discriminator on digits"): distill the bundled
 teacher with config overrides, then score the EMA generator's FD-digits at evaluation seeds
 0, 1 and 2 (eval/PROTOCOL.md: select on 1 and 2, report 0), with the discriminator's held-out
 accuracy and the spread of its log-ratio per sigma bin over the run's last five log lines, and
@@ -33,7 +33,7 @@ from onestep.evaluation.nfe import student_samples, teacher_samples_at
 from onestep.evaluation.plots import read_stats
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
-TEACHER_NFE = 31  # the digits teacher's best Heun setting (README, make demo)
+TEACHER_NFE = 31  # the digits teacher's best Heun setting (docs/results.md, make demo)
 
 
 def discriminator_summary(stats: list[dict], last: int = 5) -> dict:

@@ -7,7 +7,7 @@ leaves ~1.5x over the worst of those; a collapse or divergence (MMD > 0.1) fails
 
 uni_instruct with Neyman chi^2 (h = 2/r) weights each sample by 1/r, so the head's error
 where the teacher has little mass dominates its gradient: measured MMD 0.035-0.14 over the
-same seeds. Its threshold (0.25) only catches a collapse; README documents the instability.
+same seeds. Its threshold (0.25) only catches a collapse; docs/objectives.md documents the instability.
 
 uni_instruct with JS is seed-sensitive at this short budget: with the fused Adam kernel,
 seed 0 blew up at iteration ~270 (generator gradient norm 0.4 -> 4.7, MMD 0.15, 91% of

@@ -1,12 +1,10 @@
 """The table of every config key (type and domain, default, meaning), generated from the schema.
 
-``onestep keys`` prints it; the README carries it between ``<!-- keys:start -->`` and
+``onestep keys`` prints it; docs/configuration.md carries it between ``<!-- keys:start -->`` and
 ``<!-- keys:end -->``, and a test keeps the two equal.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from ..core import schema
 from ..objectives import REGISTRY
@@ -40,16 +38,11 @@ def key_table() -> str:
     return "\n".join(lines)
 
 
-def objective_parameters() -> dict[str, list[str]]:
-    """Each registered objective's parameter names (for error messages and docs)."""
-    return {name: [f.name for f in dataclasses.fields(spec.params)] for name, spec in REGISTRY.items()}
-
-
 START, END = "<!-- keys:start -->", "<!-- keys:end -->"
 
 
 def update_readme(path) -> bool:
-    """Rewrite the key table between the README's markers; returns whether it changed."""
+    """Rewrite the key table between the markers of a markdown file (docs/configuration.md); returns whether it changed."""
     from pathlib import Path
 
     path = Path(path)
@@ -61,7 +54,7 @@ def update_readme(path) -> bool:
     return new != text
 
 
-if __name__ == "__main__":  # python -m onestep.config.keys README.md
+if __name__ == "__main__":  # python -m onestep.config.keys docs/configuration.md
     import sys
 
     print("updated" if update_readme(sys.argv[1]) else "up to date")

@@ -4,7 +4,7 @@
 wrong type and values outside a field's domain (range, sign, finiteness, list length) are
 errors that name the key and say what it accepts. A dataclass may add relations between its
 fields in a ``check(self, prefix)`` method, called after its fields are built. The same
-metadata renders the README's key table (``rows``), so the documentation cannot drift from
+metadata renders the key table of docs/configuration.md (``rows``), so the documentation cannot drift from
 what is enforced.
 """
 
@@ -49,7 +49,7 @@ def _num(v: float) -> str:
 
 def key(default: Any = MISSING, doc: str = "", *, default_factory: Any = MISSING, gt=None, ge=None, lt=None,
         le=None, finite: bool = True, length: int | None = None, nonempty: bool = False) -> Any:
-    """A dataclass field with a domain and a doc line (``doc`` goes into the README's key table)."""
+    """A dataclass field with a domain and a doc line (``doc`` goes into the key table of docs/configuration.md)."""
     meta = {"doc": doc, "domain": Domain(gt, ge, lt, le, finite, length, nonempty)}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)

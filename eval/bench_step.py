@@ -66,10 +66,10 @@ def timed(fn, device, repeats: int, warmup: bool = True) -> float:
 
 def passes(tr: Trainer) -> dict:
     """The unavoidable passes of one iteration, each as a closure with the trainer's shapes."""
-    cfg, method, shape, dev = tr.cfg, tr.method, tr.teacher.sample_shape, tr.device
+    plan, method, shape, dev = tr.plan, tr.method, tr.teacher.sample_shape, tr.device
     b = tr.draws.local_batch
     gen, fake, disc = method.nets.plain_generator, method.nets.plain_fake_score, method.nets.plain_discriminator
-    cond = tr.draws.rows(tr.teacher.sample_cond(cfg.train.batch_size, torch.Generator().manual_seed(0)))
+    cond = tr.draws.rows(tr.teacher.sample_cond(tr.train.batch_size, torch.Generator().manual_seed(0)))
     z = torch.randn(b, *shape, device=dev)
     sigma = torch.full((b,), 1.0, device=dev)
     x_t = torch.randn(b, *shape, device=dev)
@@ -77,8 +77,8 @@ def passes(tr: Trainer) -> dict:
 
     # with the regression term, the generator's one call also maps the pairs' noise
     z_gen, cond_gen = z, cond
-    if method.use_regression:
-        n_pair = cfg.regression.batch_size // tr.acc.num_processes
+    if plan.use_regression:
+        n_pair = plan.regression_batch // tr.acc.num_processes
         z_gen = torch.randn(b + n_pair, *shape, device=dev)
         pair_cond = tr.teacher.sample_cond(n_pair, torch.Generator().manual_seed(1))
         cond_gen = None if cond is None else cat_cond(cond, to_device(pair_cond, dev))
@@ -102,17 +102,17 @@ def passes(tr: Trainer) -> dict:
         return run
 
     out = {
-        "generator fwd+bwd" + (f" ({len(z_gen)})" if method.use_regression else ""): gen_fwd_bwd,
-        "teacher fwd" + ("+bwd(x)" if method.teacher_call.grad else ""): net_pass(tr.teacher, method.teacher_call),
-        "fake fwd" + ("+bwd(x)" if method.fake_call.grad else ""): net_pass(fake, method.fake_call),
+        "generator fwd+bwd" + (f" ({len(z_gen)})" if plan.use_regression else ""): gen_fwd_bwd,
+        "teacher fwd" + ("+bwd(x)" if plan.teacher_call.grad else ""): net_pass(tr.teacher, plan.teacher_call),
+        "fake fwd" + ("+bwd(x)" if plan.fake_call.grad else ""): net_pass(fake, plan.fake_call),
     }
-    k = cfg.train.fake_steps_per_gen
+    k = tr.train.fake_steps_per_gen
     critic = method.critic
-    feats_from = method.features if critic is not None else None
+    feats_from = plan.features if critic is not None else None
     fake_batch = b * (1 if feats_from != "fake_score" else 2 if critic.reuse_dsm else 3)
     xf = torch.randn(fake_batch, *shape, device=dev)
     sf = torch.full((fake_batch,), 1.0, device=dev)
-    cf = cond if cond is None or feats_from != "fake_score" else torch.cat([cond] * 3)
+    cf = cond if cond is None or feats_from != "fake_score" else torch.cat([cond] * (fake_batch // b))
 
     def fake_loss():
         with ac():

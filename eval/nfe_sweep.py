@@ -17,10 +17,11 @@ import torch
 from onestep import build_teacher, load_generator
 from onestep import config as config_mod
 from onestep.core.images import save_grid
-from onestep.data.datasets import load_digits
+from onestep.data.datasets import load_named
 from onestep.evaluation.fd import FDScorer
 from onestep.evaluation.nfe import nfe_sweep, student_samples
 from onestep.evaluation.plots import save_fd_plot
+from onestep.evaluation.score import default_features
 
 
 def main(argv=None) -> int:
@@ -44,8 +45,14 @@ def main(argv=None) -> int:
         generator, step = None, None
         cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": args.teacher}})
     teacher = build_teacher(cfg, progress=False)
-    reference, _ = load_digits(size=teacher.sample_shape[-1])
-    scorer = FDScorer(reference)
+    features = default_features(torch.zeros(1, *teacher.image_shape))
+    if features == "digits":  # the bundled digits (their one set), at the teacher's size
+        reference = load_named("digits16" if teacher.sample_shape[-1] == 16 else "digits")[0]
+    elif features == "fashion":  # the 10,000 test images
+        reference = load_named("fashion-mnist", "test")[0]
+    else:
+        ap.error("nfe_sweep.py scores digits (8x8, 16x16) or Fashion-MNIST (28x28) teachers")
+    scorer = FDScorer(reference, features)
     floor = scorer.floor(reference, args.num_samples)
     nfes = [int(v) for v in args.nfe.split(",")]
     sweep = nfe_sweep(teacher, cfg.schedule, scorer, nfes, args.num_samples, args.seed, keep_samples=True)
@@ -55,7 +62,7 @@ def main(argv=None) -> int:
         student = {"fd": scorer(x), "images_per_s": ips, "objective": cfg.objective.name, "step": step}
         save_grid(x[:100], out / "student.png", nrow=10)
 
-    lines = [f"{'sampler':24s} {'NFE':>4s} {'FD-digits':>10s} {'images/s':>10s}", "-" * 52]
+    lines = [f"{'sampler':24s} {'NFE':>4s} {'FD-' + features:>10s} {'images/s':>10s}", "-" * 52]
     for r in sweep:
         lines.append(f"{'teacher Heun':24s} {r['nfe']:4d} {r['fd']:10.2f} {r['images_per_s']:10.0f}")
         save_grid(r.pop("samples")[:100], out / f"teacher_nfe{r['nfe']}.png", nrow=10)

@@ -18,7 +18,8 @@ import torch
 
 from onestep.core.io import atomic_save
 from onestep.data.datasets import load_digits
-from onestep.evaluation.digits_features import accuracy, train_classifier
+from onestep.evaluation.classifier_training import accuracy, train_classifier
+from onestep.evaluation.digits_features import DigitsClassifier
 
 
 def main(argv=None) -> int:
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
     cut = int(0.8 * len(x))
     train, test = perm[:cut], perm[cut:]
-    model = train_classifier(x[train], y[train], steps=args.steps, seed=args.seed)
+    model = train_classifier(x[train], y[train], DigitsClassifier, steps=args.steps, seed=args.seed)
     acc_test = accuracy(model, x[test], y[test])
     acc_train = accuracy(model, x[train], y[train])
     seconds = time.perf_counter() - t0

@@ -18,7 +18,7 @@ __version__ = "0.2.0"
 
 _API = {
     "Config": ("onestep.config", "Config"),
-    "load_config": ("onestep.config", "load"),
+    "load_config": ("onestep.build", "load_config"),
     "build_trainer": ("onestep.build", "build_trainer"),
     "build_teacher": ("onestep.build", "build_teacher"),
     "Trainer": ("onestep.train.trainer", "Trainer"),

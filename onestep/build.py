@@ -1,6 +1,6 @@
 """The composition root: the one place that maps a config to objects.
 
-``build_teacher`` dispatches on ``teacher.kind`` (nowhere else does); ``build_trainer``
+``build_teacher`` builds the teacher through its kind's entry (``teachers.kinds``); ``build_trainer``
 assembles the teacher, the generator and fake score copied from its network, the
 discriminator when the objective or the GAN term needs one, the real-sample source and the
 regression pairs, and hands them to ``train.Trainer``.
@@ -8,92 +8,56 @@ regression pairs, and hands them to ``train.Trainer``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from . import config as config_mod
 from .config import Config
-from .core.io import atomic_save, load_safetensors
-from .core.rundir import CACHE_FILE, TEACHER_NETWORK_FILE, RunLock
-from .data.datasets import dataset_source
-from .data.sources import ExactSamples, TeacherSampleCache, split_holdout
-from .distill.method import Distillation
+from .core.rundir import CACHE_FILE, RunLock
+from .data.datasets import WITH_TEST_SPLIT, dataset_source
+from .data.sources import TeacherSampleCache, split_holdout
+from .distill.plan import Plan
 from .nets.discriminator import Discriminator
 from .nets.fake_score import FakeScore
 from .nets.generator import OneStepGenerator
-from .nets.mlp import MLPDenoiser
-from .teachers.diffusers import load_diffusers_teacher
-from .teachers.gmm import AnalyticTeacher, GaussianMixture
-from .train.denoiser_fit import train_denoiser
+from .teachers import kinds
 from .train.trainer import Trainer, start_accelerator
 
 CACHE_SEED_OFFSET = 7919  # the teacher-sample cache's seed: train.seed + this
 HOLDOUT_FRACTION = 0.1  # of the real samples, never shown to the discriminator (its held-out accuracy)
 
 
-def gmm_of(config: Config) -> GaussianMixture:
-    t = config.teacher
-    return GaussianMixture(t.means, t.stds, t.weights)
+def check_config(config: Config) -> Config:
+    """The checks a config's sections cannot make alone: its teacher kind's check of the teacher
+    section (one-line errors). Returns ``config``."""
+    kinds.get(config.teacher.kind).check(config.teacher, "teacher")
+    return config
 
 
-def gmm_network(config: Config) -> MLPDenoiser:
-    """The (untrained) MLP an analytic teacher's fit uses."""
-    n = config.network
-    gmm = gmm_of(config)
-    sigma_data = n.sigma_data if n.sigma_data is not None else gmm.data_std()
-    return MLPDenoiser(gmm.dim, hidden=n.hidden, depth=n.depth, sigma_data=sigma_data)
+def load_config(path, overrides: list[str] | None = None) -> Config:
+    """``config.load`` (YAML, ``--set`` overrides, schema) plus ``check_config``."""
+    return check_config(config_mod.load(path, overrides))
 
 
-def fit_gmm_network(config: Config, progress: bool = True) -> MLPDenoiser:
-    """Fit the MLP denoiser to the mixture's exact denoiser over all sigmas (deterministic)."""
-    n, gmm = config.network, gmm_of(config)
-    with torch.random.fork_rng():  # initialisation independent of the global RNG history
-        torch.manual_seed(config.train.seed)
-        network = gmm_network(config)
-    network, _ = train_denoiser(
-        network, lambda k, rng: (gmm.sample(k, generator=rng)[0], None), steps=n.fit_steps,
-        batch_size=n.fit_batch, lr=n.fit_lr, schedule=config.schedule, seed=config.train.seed,
-        target=lambda x, s, c: gmm.denoise(x, s), wide_sigma=True, progress=progress, desc="fit teacher MLP",
-    )
-    return network
-
-
-def fingerprint(*parts) -> str:
-    """A short hash of JSON-able settings: what a cached artefact was made from."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def build_context(config: Config, run_dir=None, device="cpu", progress: bool = True) -> kinds.BuildContext:
+    return kinds.BuildContext(config.network, config.schedule, config.train.seed, config.attention,
+                              Path(run_dir) if run_dir is not None else None, device, progress)
 
 
 def build_teacher(config: Config, run_dir=None, device="cpu", progress: bool = True):
-    """The teacher a config names. An analytic teacher's fitted network is cached in ``run_dir``
-    (a resumed run does not refit), tagged with what it was fitted to: a cache made for another
-    mixture, network, schedule or seed is refitted, never reused."""
-    t = config.teacher
-    if t.kind == "gmm":
-        cache = Path(run_dir) / TEACHER_NETWORK_FILE if run_dir is not None else None
-        tag = fingerprint(asdict(t), asdict(config.network), asdict(config.schedule), config.train.seed)
-        network = None
-        if cache is not None and cache.is_file():
-            tensors, meta = load_safetensors(cache)
-            if meta.get("fingerprint") == tag:
-                network = gmm_network(config)
-                network.load_state_dict(tensors)
-        if network is None:
-            network = fit_gmm_network(config, progress=progress)
-            if cache is not None:
-                atomic_save(network.state_dict(), cache, {"fingerprint": tag})
-        return AnalyticTeacher(gmm_of(config), network.to(device)).to(device)
-    return load_diffusers_teacher(t.path, t.subfolder, t.dtype, t.prompts, t.guidance_scale, config.attention, device,
-                                  trust_remote_code=t.trust_remote_code)
+    """The teacher a config names, built by its kind (``teachers.kinds``); an analytic teacher's
+    fitted network is cached in ``run_dir`` (a resumed run does not refit)."""
+    check_config(config)
+    return kinds.get(config.teacher.kind).build(config.teacher, build_context(config, run_dir, device, progress))
 
 
 def teacher_cache(teacher, config: Config, run_dir=None, device="cpu", progress: bool = True) -> TeacherSampleCache:
     d = config.data
     path = Path(run_dir) / CACHE_FILE if run_dir is not None else None
     seed = config.train.seed + CACHE_SEED_OFFSET
-    tag = fingerprint(asdict(config.teacher), d.cache_size, d.cache_steps, seed, asdict(config.schedule))
+    tag = kinds.digest(asdict(config.teacher), d.cache_size, d.cache_steps, seed, asdict(config.schedule))
     return TeacherSampleCache(teacher, d.cache_size, d.cache_steps, d.cache_batch, seed, config.schedule, path, device,
                               progress, tag)
 
@@ -101,9 +65,10 @@ def teacher_cache(teacher, config: Config, run_dir=None, device="cpu", progress:
 def real_source(teacher, config: Config, cache: TeacherSampleCache | None, **cache_args):
     """The discriminator's real samples: the data set, else exact (analytic) or cached teacher samples."""
     if config.data.dataset:
-        return dataset_source(config.data.dataset, teacher)
-    if config.teacher.kind == "gmm":
-        return ExactSamples(teacher.gmm)
+        return dataset_source(config.data.dataset, teacher, root=config.data.root)
+    exact = kinds.get(config.teacher.kind).exact_samples(teacher)
+    if exact is not None:
+        return exact
     return cache if cache is not None else teacher_cache(teacher, config, **cache_args)
 
 
@@ -115,14 +80,17 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
     """
     run_dir = Path(run_dir)
     tr = config.train
+    plan = Plan.from_config(check_config(config))
     acc = start_accelerator(tr, run_dir)
     progress = tr.progress and acc.is_main_process
-    needs_run_dir = teacher is None and config.teacher.kind == "gmm"  # its fitted network is cached there
+    needs_run_dir = teacher is None and kinds.get(config.teacher.kind).fits_in_run_dir  # cached there
     if teacher is None and not needs_run_dir:
         teacher = build_teacher(config, None, acc.device, progress=progress)
-    dataset = None
-    if config.data.dataset and teacher is not None and Distillation.needs_discriminator(config):
-        dataset = dataset_source(config.data.dataset, teacher)
+    dataset, dataset_test = None, None
+    if config.data.dataset and teacher is not None and plan.needs_discriminator:
+        dataset = dataset_source(config.data.dataset, teacher, root=config.data.root)
+        if config.data.dataset in WITH_TEST_SPLIT:
+            dataset_test = dataset_source(config.data.dataset, teacher, "test", config.data.root)
     lock = None
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,14 +107,18 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
     generator = OneStepGenerator(teacher.network, config.generator.sigma_init)
     fake_score = FakeScore(teacher.network)
     discriminator, real, holdout = None, None, None
-    if Distillation.needs_discriminator(config):
+    if plan.needs_discriminator:
         discriminator = Discriminator(feature_shapes(teacher, acc.device), head=d.head, hidden=d.hidden)
         source = dataset or real_source(teacher, config, pairs, **cache_args)
-        real, holdout = split_holdout(source, HOLDOUT_FRACTION, config.train.seed)
+        if dataset_test is not None:  # the discriminator trains on all of train, is checked on test
+            real, holdout = dataset, dataset_test
+        else:
+            real, holdout = split_holdout(source, HOLDOUT_FRACTION, config.train.seed)
     if tr.gradient_checkpointing:
         for net in (generator.network, fake_score.network, teacher.network):
             net.enable_gradient_checkpointing()
-    trainer = Trainer(config, run_dir, acc, teacher, generator, fake_score, discriminator, real, pairs, holdout)
+    trainer = Trainer(plan, tr, config.schedule, config, run_dir, acc, teacher, generator, fake_score, discriminator,
+                      real, pairs, holdout)
     trainer.lock = lock
     return trainer
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import config as config_mod
-from .build import build_trainer
+from .build import build_trainer, load_config
 from .core.images import save_grid
 from .core.io import atomic_write_text
 from .core.paths import new_output_dir
@@ -47,7 +46,7 @@ def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: 
              seed: int = 0) -> dict:
     out = Path(output)
     run = out / "run"
-    cfg = config_mod.load(config, list(overrides))
+    cfg = load_config(config, list(overrides))
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES and not is_temporary(p.name))
         if foreign:

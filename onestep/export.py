@@ -18,6 +18,7 @@ from .core.io import safetensors_header, write_pipeline_dir
 from .errors import OnestepError
 from .portable.pipeline import OneStepPipeline
 from .runs import auxiliary_components, load_generator
+from .teachers import kinds
 
 
 def build_pipeline(run_dir, ema: bool = False, device="cpu"):
@@ -58,7 +59,8 @@ def write_model_card(directory: Path, cfg, run_dir, ema: bool) -> None:
     from huggingface_hub import ModelCard, ModelCardData
 
     t, o = cfg.teacher, cfg.objective
-    teacher = t.path if t.kind == "diffusers" else "an analytic Gaussian mixture"
+    kind = kinds.get(t.kind)
+    teacher, base_model = kind.label(t), kind.base_model(t)
     params = ", ".join(f"{k}={v}" for k, v in o.params.items())
     measured = ""
     eval_file = Path(run_dir) / "eval.json"
@@ -69,7 +71,7 @@ def write_model_card(directory: Path, cfg, run_dir, ema: bool) -> None:
                                                     if isinstance(v, (int, float, str))) + "\n"
         except ValueError:
             pass
-    licence = _teacher_licence(t.path) if t.kind == "diffusers" else None
+    licence = _teacher_licence(base_model) if base_model else None
     description = f"""# One-step generator distilled from {teacher}
 
 Distilled with [onestep](https://pypi.org/project/onestep/) ({o.name}: {params}); {cfg.train.steps}
@@ -89,8 +91,7 @@ images = pipe(num_inference_steps=1, generator=torch.Generator().manual_seed(0))
 Licence: {licence or "that of the teacher model (not recorded in its directory)"}.
 """
     # what diffusers' load_or_create_model_card builds for a training script, without its hub lookup
-    data = ModelCardData(license=licence, library_name="diffusers", base_model=str(teacher) if t.kind == "diffusers"
-                         else None)
+    data = ModelCardData(license=licence, library_name="diffusers", base_model=base_model)
     card = ModelCard.from_template(card_data=data, template_path=MODEL_CARD_TEMPLATE_PATH,
                                    model_description=description)
     tags = ["diffusers", "one-step", "distillation", o.name]

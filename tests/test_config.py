@@ -70,8 +70,11 @@ def test_set_overrides_and_round_trip(tmp_path):
     (GMM + "train: {betas: [0.9]}", "train.betas"),
 ])
 def test_cross_field_validation(tmp_path, text, match):
+    """``onestep.load_config``: the schema's checks, then the teacher kind's (teachers/kinds.py)."""
+    from onestep import load_config
+
     with pytest.raises(OnestepError, match=match):
-        config_mod.load(_write(tmp_path, text))
+        load_config(_write(tmp_path, text))
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):

@@ -8,7 +8,8 @@ import torch
 from onestep import config as config_mod
 from onestep.cli import main
 from onestep.data.datasets import load_digits
-from onestep.evaluation.digits_features import DEFAULT_WEIGHTS, accuracy, load_classifier
+from onestep.evaluation.classifier_training import accuracy
+from onestep.evaluation.digits_features import DEFAULT_WEIGHTS, load_classifier
 from onestep.resources import DIGITS_TEACHER
 
 
@@ -72,3 +73,11 @@ def test_train_teacher_rejects_bad_config(tmp_path, capsys):
     assert main(["train-teacher", "--config", "configs/digits-teacher.yaml", "--output", str(tmp_path / "t"),
                  "--set", "dataset=cifar"]) == 2
     assert "config key 'dataset'" in capsys.readouterr().err
+
+
+def test_the_bundled_teacher_code_is_the_portable_bundle():
+    """The pipeline.py shipped with the digits teacher is ``portable.bundle()`` as it is now
+    (regenerate: resources/README.md), so the teacher and the exports run the same code."""
+    import onestep.portable as portable
+
+    assert (DIGITS_TEACHER / "pipeline.py").read_text() == portable.bundle()

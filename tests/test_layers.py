@@ -161,3 +161,29 @@ def test_no_reference_leaves_the_repository():
         for word in t.replace("`", " ").replace("(", " ").replace(")", " ").split():
             if word.startswith("docs/") and word.rstrip(".,;:").endswith(".md"):
                 assert (root / word.rstrip(".,;:")).is_file(), word
+
+
+def _kind_comparisons(tree: ast.AST) -> list[int]:
+    """Lines comparing a teacher's ``kind`` (``teacher.kind``, ``config.teacher.kind``, ``t.kind``) to a string."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        strings = any(isinstance(s, ast.Constant) and isinstance(s.value, str) for s in sides)
+        for s in sides:
+            if isinstance(s, ast.Attribute) and s.attr == "kind":
+                owner = s.value.attr if isinstance(s.value, ast.Attribute) else getattr(s.value, "id", "")
+                if strings and owner in ("teacher", "t"):
+                    found.append(node.lineno)
+    return found
+
+
+def test_teacher_kinds_are_looked_up_not_compared():
+    """Each teacher kind is one entry of teachers/kinds.py; nothing else compares teacher.kind to a name."""
+    bad = [f"{name}:{line}" for name, path in MODULES.items() if name != "onestep.teachers.kinds"
+           and not name.startswith("onestep.resources.")
+           for line in _kind_comparisons(ast.parse(path.read_text()))]
+    assert not bad, "teacher.kind compared to a name (use teachers.kinds.get(kind)): " + ", ".join(bad)
+    planted = ast.parse("if config.teacher.kind == 'gmm':\n    pass\nif t.kind != 'diffusers':\n    pass\n")
+    assert _kind_comparisons(planted) == [1, 3]

@@ -125,20 +125,28 @@ def test_dry_run_without_a_local_teacher_says_why(capsys, monkeypatch):
     assert main(["distill", "--config", "configs/gmm.yaml", "--output", "unused", "--dry-run", "--processes", "0"]) == 2
 
 
+def _graphs(cfg, local):
+    """The plan's graph batches as the estimate reads them (two teacher passes under guidance)."""
+    from onestep.distill.plan import Plan
+
+    guided = 2 if cfg.teacher.guidance_scale != 1.0 else 1
+    return Plan.from_config(cfg).graph_batches(local, cfg.train.batch_size, guided)
+
+
 def test_the_peak_counts_the_graphs_each_objective_holds():
     from conftest import small_config
 
     # sid: generator (+ its regression pairs), teacher (guided: both halves) and fake score
     cfg = small_config(**{"objective.name": "sid", "teacher.guidance_scale": 2.0, "regression.weight": 1.0,
                           "regression.batch_size": 16, "train.batch_size": 64})
-    assert memory.graph_batches(cfg, 32) == [32 + 8, 64, 32]
+    assert _graphs(cfg, 32) == [32 + 8, 64, 32]
     # dmd: no gradient through either score; DMD2's discriminator (independent noise): three batches
     cfg = small_config(**{"objective.name": "dmd", "gan.weight": 0.01})
-    assert memory.graph_batches(cfg, 16) == [48]
-    assert memory.graph_batches(small_config(**{"objective.name": "dmd"}), 16) == [16]
+    assert _graphs(cfg, 16) == [48]
+    assert _graphs(small_config(**{"objective.name": "dmd"}), 16) == [16]
     # shared noise at the fake score's sigmas: the denoising pass carries the reals too (SiDA's
     # design); its generator step (three networks, GAN term read from the same pass) is larger
-    assert memory.graph_batches(small_config(**{"objective.name": "sida"}), 16) == [16, 16, 16]
+    assert _graphs(small_config(**{"objective.name": "sida"}), 16) == [16, 16, 16]
     monitor = {"objective.name": "diff_instruct", "discriminator.monitor": "true"}
-    assert memory.graph_batches(small_config(**monitor), 16) == [32]
-    assert memory.graph_batches(small_config(**monitor, **{"discriminator.noise": "independent"}), 16) == [48]
+    assert _graphs(small_config(**monitor), 16) == [32]
+    assert _graphs(small_config(**monitor, **{"discriminator.noise": "independent"}), 16) == [48]

@@ -41,10 +41,10 @@ def _train(tr, q: GaussianMixture, steps: int, batch: int, seed: int):
     params += list(critic.nets.plain_discriminator.parameters())
     opt = torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
     rng = torch.Generator().manual_seed(seed)
-    draws = GlobalDraws(rng, batch, 0, 1, "cpu", tr.cfg.schedule)
+    draws = GlobalDraws(rng, batch, 0, 1, "cpu", tr.method.schedule)
     for _ in range(steps):
         x_g = q.sample(batch, generator=rng)[0]
-        sigma = draws.sigma(*method.fake_sampler)
+        sigma = draws.sigma(*method.plan.fake_sampler)
         noise = draws.randn(*x_g.shape[1:])
         _, loss = critic(x_g, x_g + sigma[:, None] * noise, sigma, noise, None, draws, method.real, {})
         opt.zero_grad(set_to_none=True)
@@ -66,7 +66,7 @@ def _correlations(tr, p: GaussianMixture, q: GaussianMixture, n: int = 2000) -> 
         sigma = torch.full((n,), s)
         logit = ratio_logit(critic.nets.plain_discriminator(net(x_t, sigma, None, return_features=True)[1]))
         truth = (p.log_prob(x_t, sigma) - q.log_prob(x_t, sigma)).float()
-        r = normalise_per_bin(logit.exp(), sigma, 1, tr.cfg.schedule, lambda t: t)
+        r = normalise_per_bin(logit.exp(), sigma, 1, tr.method.schedule, lambda t: t)
         est.append(logit)
         exact.append(truth)
         normed.append(r.log())

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --dry-run: estimate memory for N processes (default: $WORLD_SIZE or 1)")
     p.add_argument("--attention", choices=["auto", "xformers", "flash", "efficient", "math"],
                    help="attention backend (overrides the config's attention key)")
+    p.add_argument("--download", action="store_true",
+                   help="data.dataset fashion-mnist: download it into the user cache if it is nowhere here")
     _add_common(p)
 
     p = sub.add_parser("sample", help="draw one-step samples from a run")
@@ -72,14 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--run", help="a distillation run directory")
     src.add_argument("--pipeline", help="an exported pipeline directory")
     p.add_argument("--ref", required=True,
-                   help="reference: digits, digits16, an image folder, .npy/.npz, or a cached statistics name")
+                   help="reference: digits, digits16, fashion-mnist (its test split), an image folder, .npy/.npz, "
+                        "or a cached statistics name")
     p.add_argument("--ema", action="store_true", help="score the run's EMA generator")
     p.add_argument("--num-samples", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--metrics", default="fid,kid,isc,prc", help="comma-separated: fid, kid, isc, prc")
-    p.add_argument("--features", choices=["inception", "digits"], default=None,
-                   help="feature network (default: digits for 8x8/16x16 grey images, inception otherwise)")
+    p.add_argument("--features", choices=["inception", "digits", "fashion"], default=None,
+                   help="feature network (default: digits for 8x8/16x16 grey images, fashion for 28x28 grey "
+                        "images, inception otherwise)")
+    p.add_argument("--download", action="store_true",
+                   help="--ref fashion-mnist: download the data set into the user cache if it is nowhere here")
     p.add_argument("--inception-weights", default=None,
                    help="weights-inception-2015-12-05-6726825d.pth (default: $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--cache-root", default=None, help="where reference statistics are cached")
@@ -87,11 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="also write the results to this JSON file")
     _add_common(p)
 
-    p = sub.add_parser("train-teacher", help="train a bundled teacher (EDM loss) as a diffusers pipeline")
-    p.add_argument("--config", required=True, help="YAML teacher-training config (configs/digits-teacher.yaml)")
+    p = sub.add_parser("train-teacher", help="train a teacher (EDM loss) on a named data set as a diffusers pipeline")
+    p.add_argument("--config", required=True,
+                   help="YAML teacher-training config (configs/digits-teacher.yaml, configs/fashion-teacher.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--output", required=True, help="pipeline directory to write")
+    p.add_argument("--output", required=True, help="pipeline directory to write when training ends")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier teacher at --output")
+    p.add_argument("--checkpoints", default=None, metavar="DIR",
+                   help="checkpoints and log.jsonl (default: OUTPUT.training)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoints")
+    p.add_argument("--download", action="store_true",
+                   help="fashion-mnist: download the data set into the user cache if it is nowhere here")
     _add_common(p)
 
     p = sub.add_parser("demo", help="distill the bundled digits teacher, evaluate, export (make demo)")

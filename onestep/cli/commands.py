@@ -49,7 +49,7 @@ def resume_point(out: Path, resume: str | None) -> Path | None:
 
 def cmd_distill(args) -> int:
     from .. import config as config_mod
-    from ..build import build_trainer
+    from ..build import build_trainer, load_config
     from ..core.paths import writable_dir
     from ..core.rundir import latest_checkpoint, latest_valid_checkpoint
     from ..train.state import check_checkpoint
@@ -57,7 +57,11 @@ def cmd_distill(args) -> int:
     overrides = list(args.overrides)
     if args.attention:
         overrides.append(f"attention={args.attention}")
-    cfg = config_mod.load(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if args.download and cfg.data.dataset == "fashion-mnist":  # into the user cache, where the run finds it
+        from ..data.fashion import locate
+
+        locate(cfg.data.root, download=True)
     if args.processes is not None and not args.dry_run:
         raise OnestepError("--processes sets the process count of --dry-run's memory estimate only; launch N "
                            "processes with torchrun --nproc_per_node N or accelerate launch --num_processes N")
@@ -160,7 +164,7 @@ def cmd_eval(args) -> int:
         prompts = read_prompts(args.prompts) if args.prompts else None
         images = score.pipeline_samples(args.pipeline, args.num_samples, args.seed, args.batch_size, prompts)
     result = score.evaluate(images, args.ref, args.features, metrics, args.cache_root, args.inception_weights,
-                            args.batch_size)
+                            args.batch_size, download=args.download)
     result.update(seed=args.seed, source=str(args.run or args.pipeline), ema=bool(args.ema))
     text = json.dumps(result, indent=1)
     print(score.table(result))
@@ -174,14 +178,19 @@ def cmd_eval(args) -> int:
 
 def cmd_train_teacher(args) -> int:
     from .. import config as config_mod
-    from ..core.paths import new_output_dir
-    from ..train.teacher_training import TeacherTrainingConfig, train_teacher
+    from ..core.paths import new_output_dir, writable_dir
+    from ..train.teacher_training import TeacherTrainingConfig, train_teacher, work_dir_for
 
     cfg = config_mod.load(args.config, args.overrides, cls=TeacherTrainingConfig)
     output = new_output_dir(args.output, "--output", overwrite=args.overwrite)
-    info = train_teacher(cfg, output, progress=cfg.progress)
+    work = writable_dir(args.checkpoints or work_dir_for(output), "--checkpoints")
+    if work.resolve() == output.resolve() or output.resolve() in work.resolve().parents:
+        raise OnestepError(f"--checkpoints {work} lies inside --output {output}, which is replaced when training "
+                           f"ends; choose a directory beside it")
+    info = train_teacher(cfg, output, progress=cfg.progress, work_dir=work, resume=args.resume,
+                         download=args.download)
     print(f"trained teacher ({info['parameters']} parameters, {info['steps']} steps, {info['seconds']}s, "
-          f"final loss {info['final_loss']:.4f}) -> {output}")
+          f"final loss {info['final_loss']:.4f}) -> {output} (checkpoints: {work})")
     return 0
 
 

@@ -28,21 +28,6 @@ class TeacherConfig:
     trust_remote_code: bool = key(False, "diffusers: run Python code the pipeline directory ships (only if you "
                                          "trust its author; otherwise only diffusers/transformers classes load)")
 
-    def check(self, prefix: str) -> None:
-        if self.kind == "gmm":
-            if not self.means:
-                raise OnestepError(f"config key '{prefix}.means': a gmm teacher needs a list of means")
-            dims = {len(m) for m in self.means}
-            if len(dims) != 1 or 0 in dims:
-                raise OnestepError(f"config key '{prefix}.means': every mean needs the same, non-zero length")
-            for name in ("stds", "weights"):
-                value = getattr(self, name)
-                if value is not None and len(value) != len(self.means):
-                    raise OnestepError(f"config key '{prefix}.{name}': expected {len(self.means)} values (one per "
-                                       f"mean), got {len(value)}")
-        elif not self.path:
-            raise OnestepError(f"config key '{prefix}.path': a diffusers teacher needs a directory or hub id")
-
 
 @dataclass
 class NetworkConfig:
@@ -132,8 +117,10 @@ class RegressionConfig:
 class DataConfig:
     """Where the discriminator's "real" samples come from, and the data-free teacher-sample cache."""
 
-    dataset: str | None = key(None, "real samples: digits | digits16 (null: teacher samples, data-free)",
-                                 nonempty=True)
+    dataset: str | None = key(None, "real samples: digits | digits16 | fashion-mnist | an image folder | an .npz "
+                                    "(null: teacher samples, data-free)", nonempty=True)
+    root: str | None = key(None, "fashion-mnist: where its files are (else $ONESTEP_DATA, the user cache, "
+                                 "/usr/share/datasets/fashion-mnist)", nonempty=True)
     cache_size: int = key(256, "teacher ODE samples cached in the run (data-free real side, regression pairs)",
                           ge=1)
     cache_steps: int = key(18, "Heun steps of the cache's teacher sampler (NFE = 2 n - 1)", ge=1)

@@ -3,6 +3,8 @@
 ``data.dataset`` names one of them:
 
 - ``digits`` / ``digits16``: scikit-learn's 1,797 8x8 digits (or upsampled to 16x16), labelled;
+- ``fashion-mnist``: Fashion-MNIST's 60,000 28x28 training images (the 10,000 test images are the
+  held-out and evaluation split), labelled; where its files are found: ``data.fashion``;
 - a folder: image files (PNG/JPEG/BMP/WebP), with labels when they sit in class subfolders
   (``root/<class>/<image>``, classes sorted by name -> label 0, 1, ...);
 - an ``.npz`` file: an array ``x`` (or ``images``), (N, H, W), (N, H, W, C) or (N, C, H, W),
@@ -24,7 +26,9 @@ from torch.nn import functional as F
 from ..errors import OnestepError
 from .sources import TensorSource
 
-BUNDLED = ("digits", "digits16")
+BUNDLED = ("digits", "digits16")  # shipped with the package (scikit-learn)
+NAMED = (*BUNDLED, "fashion-mnist")  # data sets known by name
+WITH_TEST_SPLIT = ("fashion-mnist",)  # their held-out samples are the test split, not a share of train
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -40,6 +44,21 @@ def load_digits(size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     if size != 8:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x, torch.tensor(data.target, dtype=torch.long)
+
+
+def load_named(name: str, split: str = "train", root=None, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A data set known by name: images (N, C, H, W) in [-1, 1] and labels (N,).
+
+    ``split`` (train | test) selects Fashion-MNIST's split; the digits have one set, returned for
+    both. ``root`` / ``download``: where Fashion-MNIST's files are (``data.fashion.locate``).
+    """
+    if name in BUNDLED:
+        return load_digits(size=16 if name == "digits16" else 8)
+    if name == "fashion-mnist":
+        from .fashion import load_fashion_mnist
+
+        return load_fashion_mnist(split, root, download)
+    raise OnestepError(f"unknown data set '{name}'; known: {', '.join(NAMED)}")
 
 
 def _read_folder(root: Path) -> tuple[list[np.ndarray], torch.Tensor | None]:
@@ -107,15 +126,15 @@ def _as_images(images) -> list[torch.Tensor]:
     return out
 
 
-def dataset_source(name: str, teacher) -> TensorSource:
+def dataset_source(name: str, teacher, split: str = "train", root=None, download: bool = False) -> TensorSource:
     """The real samples ``data.dataset`` names, shaped like the teacher's samples.
 
     Images are fitted to ``teacher.image_shape`` and, for latent teachers, encoded by
     ``teacher.encode``. Labels are kept where the teacher is class-conditional (and checked
-    against its class count).
+    against its class count). ``split``, ``root``, ``download``: as ``load_named``.
     """
-    if name in BUNDLED:
-        images, y = load_digits(size=16 if name == "digits16" else 8)
+    if name in NAMED:
+        images, y = load_named(name, split, root, download)
     else:
         path = Path(name)
         if path.is_dir():
@@ -124,10 +143,13 @@ def dataset_source(name: str, teacher) -> TensorSource:
             images, y = _read_npz(path)
         else:
             raise OnestepError(f"config key 'data.dataset': '{name}' is neither a bundled data set "
-                               f"({', '.join(BUNDLED)}), an image folder nor an .npz file")
+                               f"({', '.join(NAMED)}), an image folder nor an .npz file")
         images = _as_images(images)
     c, h, w = teacher.image_shape
-    x = torch.stack([_fit(im, c, (h, w)) for im in images])
+    if torch.is_tensor(images) and tuple(images.shape[1:]) == (c, h, w):
+        x = images  # a named data set at the teacher's resolution
+    else:
+        x = torch.stack([_fit(im, c, (h, w)) for im in images])
     x = teacher.encode(x)
     if tuple(x.shape[1:]) != tuple(teacher.sample_shape):
         raise OnestepError(f"config key 'data.dataset': '{name}' gives samples of shape {tuple(x.shape[1:])} but the "

@@ -17,7 +17,7 @@ import torch
 from ..core.io import atomic_save, load_safetensors
 from ..core.schedule import ScheduleConfig
 from ..sampling import teacher_samples
-from ..teachers.gmm import GaussianMixture
+from ..teachers.gmm import ExactSamples
 
 
 class TensorSource:
@@ -38,16 +38,6 @@ class TensorSource:
             return self.x[idx], None
         cond = self.labels[idx]
         return self.x[idx], (self.cond_fn(cond) if self.cond_fn is not None else cond)
-
-
-class ExactSamples:
-    """Exact samples of an analytic mixture."""
-
-    def __init__(self, gmm: GaussianMixture):
-        self.gmm = gmm
-
-    def draw(self, n: int, rng: torch.Generator):
-        return self.gmm.sample(n, generator=rng)[0], None
 
 
 class TeacherSampleCache:

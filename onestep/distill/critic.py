@@ -16,33 +16,25 @@ import math
 
 import torch
 
-from ..config import Config
 from ..core.rundir import SPREAD_EDGES
 from ..core.schedule import edm_loss_weight
 from ..core.tensors import cat_cond, expand
 from ..objectives import r1_penalty, ratio_logit
 from ..objectives.gan import accuracy
-from ..objectives.registry import FAKE
 from .draws import GlobalDraws
-
-
-def _split(t, sizes):
-    return list(torch.split(t, sizes)) if t is not None else [None] * len(sizes)
+from .plan import CriticPlan
 
 
 class CriticLoss:
     """``__call__`` -> (the fake score's denoised output at ``x_dn``, the weighted discriminator loss)."""
 
-    def __init__(self, config: Config, teacher, nets, fake_sampler):
-        d = config.discriminator
-        self.cfg, self.teacher, self.nets = d, teacher, nets
-        self.sampler = (d.sigma_sampler, tuple(d.sigma_range) if d.sigma_range else None)
-        self.shared = d.noise == "shared"
-        self.on_fake_score = d.features == FAKE
-        self.reuse_dsm = self.on_fake_score and self.shared and self.sampler == tuple(fake_sampler)
+    def __init__(self, plan: CriticPlan, teacher, nets):
+        self.plan, self.teacher, self.nets = plan, teacher, nets
+        self.sampler, self.shared = plan.sampler, plan.shared_noise
+        self.on_fake_score, self.reuse_dsm = plan.on_fake_score, plan.one_pass
 
     def _weight(self, sigma):
-        return edm_loss_weight(sigma, self.teacher.sigma_data) if self.cfg.weighting == "edm" else 1.0
+        return edm_loss_weight(sigma, self.teacher.sigma_data) if self.plan.weighting == "edm" else 1.0
 
     def __call__(self, x_g, x_dn, sigma, noise, cond, draws: GlobalDraws, real_source, stats: dict):
         b, shape = len(x_g), x_g.shape[1:]
@@ -54,7 +46,7 @@ class CriticLoss:
             x_fake = x_g + expand(sigma_f, x_g) * n_fake
         sigma_r, n_real = (sigma_f, n_fake) if self.shared else (draws.sigma(*self.sampler), draws.randn(*shape))
         x_real = real + expand(sigma_r, real) * n_real
-        r1_on = self.cfg.r1_weight > 0
+        r1_on = self.plan.r1_weight > 0
         if r1_on:
             x_real = x_real.detach().requires_grad_(True)
         if self.on_fake_score:  # one pass: the denoising loss's input, (the fakes,) the reals
@@ -77,10 +69,10 @@ class CriticLoss:
         bce_real = torch.nn.functional.softplus(-l_real).flatten(1).mean(1)
         loss = (self._weight(sigma_f) * bce_fake + self._weight(sigma_r) * bce_real).mean()
         if r1_on:
-            loss = loss + self.cfg.r1_weight * r1_penalty(l_real, x_real).mean()
+            loss = loss + self.plan.r1_weight * r1_penalty(l_real, x_real).mean()
         stats["loss_disc"] = float((bce_fake + bce_real).detach().mean())
         stats["disc_acc"] = accuracy(l_real.detach(), l_fake.detach())
-        return D, self.cfg.loss_weight * loss
+        return D, self.plan.loss_weight * loss
 
     @torch.no_grad()
     def evaluate(self, real_holdout, rng: torch.Generator, n: int, objective_sampler, schedule, device) -> dict:

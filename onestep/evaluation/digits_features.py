@@ -41,33 +41,6 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(x: torch.Tensor, y: torch.Tensor, steps: int = 3000, batch_size: int = 128,
-                     lr: float = 1e-3, seed: int = 0, noise: float = 0.1) -> DigitsClassifier:
-    """Adam on (x, y) with small input noise (robust features for imperfect samples)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = DigitsClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (batch_size,), generator=gen)
-        xb = x[idx]
-        xb = xb + noise * torch.randn(xb.shape, generator=gen)
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def accuracy(model: DigitsClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((model(x).argmax(1) == y).float().mean())
-
-
 def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():

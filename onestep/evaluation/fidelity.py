@@ -5,8 +5,10 @@ Feature extractors by name:
   (``weights-inception-2015-12-05-6726825d.pth``) come from a local path or the torch hub
   cache; they are never downloaded here, and they are checked to load with
   ``torch.load(weights_only=True)`` (no pickled code) before torch-fidelity reads them.
-- ``digits``: the bundled digits classifier (``evaluation.digits_features``), registered with
-  torch-fidelity's feature-extractor registry as ``onestep-digits``.
+- ``digits`` / ``fashion``: the bundled classifiers of 8x8 digits (``evaluation.digits_features``)
+  and of 28x28 Fashion-MNIST (``evaluation.fashion_features``), registered with torch-fidelity's
+  feature-extractor registry as ``onestep-digits`` / ``onestep-fashion``; their 128-d penultimate
+  layer is the FD's feature space (the same Frechet distance code as FID's).
 
 Inputs (``samples`` / ``reference``): a tensor (N, C, H, W) in [-1, 1], a ``.npy`` file of
 one, or a folder of PNG images. Reference statistics are cached by name
@@ -23,10 +25,16 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import OnestepError
-from .digits_features import DEFAULT_WEIGHTS, load_classifier
+from ..resources import DIGITS_FEATURES, FASHION_FEATURES
+from . import digits_features, fashion_features
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-DIGITS_NAME = "onestep-digits"
+# our classifier feature networks: name -> (torch-fidelity name, loader(weights path), default weights, size)
+CLASSIFIERS = {
+    "digits": ("onestep-digits", digits_features.load_classifier, DIGITS_FEATURES, 8),
+    "fashion": ("onestep-fashion", fashion_features.load_classifier, FASHION_FEATURES, 28),
+}
+FEATURES = ("inception", *CLASSIFIERS)
 METRICS = ("fid", "kid", "isc", "prc")
 DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "onestep" / "fidelity"
 
@@ -70,15 +78,15 @@ def load_images(source) -> torch.Tensor:
     raise OnestepError(f"cannot read images from {source}: expected a .npy file or an image folder")
 
 
-def _digits_extractor_class():
+def _classifier_extractor_class(load, size: int):
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    class DigitsFeatureExtractor(FeatureExtractorBase):
-        """torch-fidelity extractor: uint8 (B, 3, H, W) -> digits classifier features / logits."""
+    class ClassifierFeatureExtractor(FeatureExtractorBase):
+        """torch-fidelity extractor: uint8 (B, 3, H, W) -> a grey classifier's features / logits."""
 
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
             super().__init__(name, features_list)
-            self.model = load_classifier(feature_extractor_weights_path)
+            self.model = load(feature_extractor_weights_path)
 
         @staticmethod
         def get_provided_features_list():
@@ -94,7 +102,7 @@ def _digits_extractor_class():
 
         @staticmethod
         def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+            return torch.zeros(1, 3, size, size, dtype=torch.uint8)
 
         def forward(self, x):
             x = x[:, :1].float() / 127.5 - 1
@@ -102,14 +110,15 @@ def _digits_extractor_class():
             out = {"features": feats, "logits": self.model.head(feats)}
             return tuple(out[name] for name in self.features_list)
 
-    return DigitsFeatureExtractor
+    return ClassifierFeatureExtractor
 
 
 def register_extractors() -> None:
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    if DIGITS_NAME not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(DIGITS_NAME, _digits_extractor_class())
+    for name, load, _, size in CLASSIFIERS.values():
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(name, _classifier_extractor_class(load, size))
 
 
 def inception_weights(path: str | Path | None = None) -> Path:
@@ -126,19 +135,20 @@ def inception_weights(path: str | Path | None = None) -> Path:
             return c
     raise OnestepError(
         f"InceptionV3 weights not found: put {INCEPTION_FILE} (from torch-fidelity's releases) in "
-        f"{torch_home / 'hub' / 'checkpoints'} or pass --inception-weights PATH; or use --features digits"
+        f"{torch_home / 'hub' / 'checkpoints'} or pass --inception-weights PATH; or use --features digits or fashion"
     )
 
 
 def extractor_kwargs(features: str, weights: str | Path | None = None) -> dict:
     """torch-fidelity keyword arguments selecting a feature extractor by our name."""
-    if features == "digits":
+    if features in CLASSIFIERS:
         register_extractors()
-        return {"feature_extractor": DIGITS_NAME, "feature_extractor_weights_path": str(weights or DEFAULT_WEIGHTS)}
+        name, _, default, _ = CLASSIFIERS[features]
+        return {"feature_extractor": name, "feature_extractor_weights_path": str(weights or default)}
     if features == "inception":
         return {"feature_extractor": "inception-v3-compat",
                 "feature_extractor_weights_path": str(inception_weights(weights))}
-    raise OnestepError(f"unknown feature extractor '{features}' (valid: inception, digits)")
+    raise OnestepError(f"unknown feature extractor '{features}' (valid: {', '.join(FEATURES)})")
 
 
 def compute_metrics(samples, reference, features: str = "digits", metrics=("fid",), reference_name: str | None = None,
@@ -179,7 +189,7 @@ def feature_extractor(features: str = "digits", weights=None):
 
     kwargs = extractor_kwargs(features, weights)
     name = kwargs.pop("feature_extractor")
-    layer = "features" if features == "digits" else "2048"
+    layer = "features" if features in CLASSIFIERS else "2048"
     return create_feature_extractor(name, [layer], cuda=False, verbose=False, **kwargs)
 
 
@@ -215,7 +225,7 @@ def make_reference(name: str, images, features: str = "digits", cache_root: str 
     kwargs = extractor_kwargs(features, weights)
     ext_name = kwargs.pop("feature_extractor")
     root = Path(cache_root or DEFAULT_CACHE_ROOT)
-    layers = ["features", "logits"] if features == "digits" else ["2048", "logits_unbiased"]
+    layers = ["features", "logits"] if features in CLASSIFIERS else ["2048", "logits_unbiased"]
     ext = create_feature_extractor(ext_name, layers, cuda=torch.cuda.is_available(), verbose=False, **kwargs)
     extract_featuresdict_from_input_id_cached(
         2, ext, input2=ImageTensorDataset(load_images(images)), input2_cache_name=f"{name}-{features}",

@@ -1,11 +1,12 @@
 """``onestep eval``: FID, KID, IS and precision/recall of a run or an exported pipeline against a
 reference (images, or statistics cached under a name), with per-index seeds.
 
-The reference is ``digits`` / ``digits16`` (the bundled set), an image folder, a ``.npy`` or
-``.npz`` array, or the name of statistics cached by an earlier evaluation. Its features are cached
-(torch-fidelity's cache, under ``--cache-root``) so it is featurised once. Features: the bundled
-digits classifier for 8x8 / 16x16 grey samples, InceptionV3 otherwise (weights from a local path
-or torch's hub cache, never downloaded here).
+The reference is ``digits`` / ``digits16`` (the bundled set), ``fashion-mnist`` (its 10,000 test
+images), an image folder, a ``.npy`` or ``.npz`` array, or the name of statistics cached by an
+earlier evaluation. Its features are cached (torch-fidelity's cache, under ``--cache-root``) so it
+is featurised once. Features: the bundled digits classifier for 8x8 / 16x16 grey samples, the
+bundled Fashion-MNIST classifier for 28x28 grey samples, InceptionV3 otherwise (weights from a
+local path or torch's hub cache, never downloaded here).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from ..core.samplers import generate
 from ..core.tensors import cycled_labels
-from ..data.datasets import BUNDLED, load_digits
+from ..data.datasets import BUNDLED, NAMED, load_named
 from ..errors import OnestepError
 from ..export import load_pipeline
 from ..runs import conditioning, default_device, load_generator
@@ -62,10 +63,11 @@ def pipeline_samples(path, n: int, seed: int, batch_size: int, prompts: list[str
     return torch.cat(chunks)
 
 
-def reference(spec: str, cache_root: Path, features: str) -> tuple[torch.Tensor | None, str]:
-    """(images or None when only cached statistics exist, the cache name)."""
-    if spec in BUNDLED:
-        return load_digits(size=16 if spec == "digits16" else 8)[0], spec
+def reference(spec: str, cache_root: Path, features: str, download: bool = False) -> tuple[torch.Tensor | None, str]:
+    """(images or None when only cached statistics exist, the cache name). A named data set gives
+    its test split (Fashion-MNIST's 10,000 test images; the digits' only set)."""
+    if spec in NAMED:
+        return load_named(spec, "test", download=download)[0], spec if spec in BUNDLED else f"{spec}-test"
     path = Path(spec)
     if path.exists():
         stat = path.stat()
@@ -73,22 +75,27 @@ def reference(spec: str, cache_root: Path, features: str) -> tuple[torch.Tensor 
         return load_images(path), f"{path.stem}-{tag}"
     if any(Path(cache_root).glob(f"*{spec}-{features}*")):
         return None, spec
-    raise OnestepError(f"--ref {spec}: neither images (digits, digits16, a folder, .npy or .npz) nor statistics "
+    raise OnestepError(f"--ref {spec}: neither images ({', '.join(NAMED)}, a folder, .npy or .npz) nor statistics "
                        f"cached under that name in {cache_root}")
 
 
 def default_features(images: torch.Tensor) -> str:
-    return "digits" if images.shape[1] == 1 and images.shape[-1] in (8, 16) else "inception"
+    """digits for 8x8 / 16x16 grey images, fashion for 28x28 grey ones, inception otherwise."""
+    if images.shape[1] == 1 and images.shape[-1] in (8, 16):
+        return "digits"
+    if images.shape[1] == 1 and images.shape[-1] == 28:
+        return "fashion"
+    return "inception"
 
 
 def evaluate(samples: torch.Tensor, ref: str, features: str | None = None, metrics=("fid", "kid", "isc", "prc"),
-             cache_root=None, weights=None, batch_size: int = 256) -> dict:
+             cache_root=None, weights=None, batch_size: int = 256, download: bool = False) -> dict:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise OnestepError(f"--metrics: unknown {sorted(unknown)} (valid: {', '.join(METRICS)})")
     features = features or default_features(samples)
     cache_root = Path(cache_root or DEFAULT_CACHE_ROOT)
-    ref_images, name = reference(ref, cache_root, features)
+    ref_images, name = reference(ref, cache_root, features, download)
     if ref_images is None:  # cached statistics: torch-fidelity reads them without touching the images
         ref_images = torch.zeros(1, *samples.shape[1:])
     out = compute_metrics(samples, ref_images, features, tuple(metrics), reference_name=name, cache_root=cache_root,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
 from torch import nn
 
 CondKind = Literal["none", "class", "text"]
@@ -56,3 +57,12 @@ class Denoiser(nn.Module):
         """Keyword arguments of ``OneStepPipeline`` for a generator at ``sigma_init``, or None
         where the network does not export as a diffusers pipeline."""
         return None
+
+
+def call_fp32(net, x: torch.Tensor, sigma: torch.Tensor, cond, features: bool):
+    """(x0_hat (B, *sample_shape) in fp32, the feature taps or None) of a denoiser-like module
+    (a ``Denoiser``, a teacher, a fake score); the one call path of the frozen networks."""
+    if features:
+        d, feats = net(x, sigma, cond, return_features=True)
+        return d.float(), feats
+    return net(x, sigma, cond).float(), None

@@ -6,7 +6,13 @@ Notation (docs/design.md section 1): ``x_g`` generator samples, ``x_t = x_g + si
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+
+# the per-sample normaliser every normalised objective takes as its ``weight_norm`` parameter
+WeightNorm = Literal["wf", "none"]
+WEIGHT_NORM_DOC = "per-sample normaliser: wf = mean|x_g - Dr| (DMD2, SiD) or none"
 
 
 def wf_normaliser(x_g: torch.Tensor, Dr: torch.Tensor) -> torch.Tensor:

@@ -8,18 +8,14 @@ sample by ``wf = mean|x_g - Dr|`` and injected with the surrogate of ``common.in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from ..core.schema import key
 from ..core.tensors import expand
-from .common import inject_gradient, per_sample_norm
+from .common import WEIGHT_NORM_DOC, WeightNorm, inject_gradient, per_sample_norm
 from .inputs import ObjectiveInputs
 from .registry import register
-
-WeightNorm = Literal["wf", "none"]
-WEIGHT_NORM_DOC = "per-sample normaliser: wf = mean|x_g - Dr| (DMD2, SiD) or none"
 
 
 @dataclass(frozen=True)

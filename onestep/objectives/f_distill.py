@@ -13,8 +13,7 @@ import torch
 
 from ..core.schema import key
 from ..core.tensors import expand
-from .common import inject_gradient, per_sample_norm
-from .dmd import WEIGHT_NORM_DOC, WeightNorm
+from .common import WEIGHT_NORM_DOC, WeightNorm, inject_gradient, per_sample_norm
 from .inputs import ObjectiveInputs
 from .ratio import RatioWeighted
 from .registry import register

@@ -75,10 +75,20 @@ def parameter_names() -> set[str]:
     return {f.name for spec in REGISTRY.values() for f in dataclasses.fields(spec.params)}
 
 
+def _takes(name: str) -> list[str]:
+    """The objectives with a parameter ``name``."""
+    return [spec.name for spec in REGISTRY.values() if name in {f.name for f in dataclasses.fields(spec.params)}]
+
+
 def table() -> str:
-    """Human-readable table of the registry (for ``onestep objectives``)."""
+    """Human-readable table of the registry (for ``onestep objectives``), from the objectives' own
+    parameters: the ratio's keys of ``RatioWeighted`` and ``weight_norm`` are listed once below."""
+    from .common import WeightNorm
+    from .ratio import RatioWeighted
+
+    ratio_keys = [f.name for f in dataclasses.fields(RatioWeighted) if f.name not in ("f", "f_alpha")]
+    hidden = {*ratio_keys, "weight_norm"}
     rows = [("name", "parameters (defaults)", "grad through", "sigma", "reference")]
-    hidden = {"logit_clip", "ratio_clip", "ratio_bins", "normalize_weights", "weight_norm"}
     for spec in REGISTRY.values():
         params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(spec.params) if f.name not in hidden)
         if spec.requires_gan:
@@ -92,7 +102,7 @@ def table() -> str:
         if spec.recipe:
             lines += ["", f"{spec.name} recipe (null gan/discriminator keys): "
                       + ", ".join(f"{k}={v}" for k, v in spec.recipe.items())]
-    lines += ["", f"f (f_distill, uni_instruct): {', '.join(F_NAMES)}; f_alpha sets the alpha-divergence exponent.",
-              "Ratio keys (f_distill, uni_instruct): logit_clip, ratio_clip, ratio_bins, normalize_weights; "
-              "weight_norm: wf | none."]
+    lines += ["", f"f ({', '.join(_takes('f'))}): {', '.join(F_NAMES)}; f_alpha sets the alpha-divergence exponent.",
+              f"Ratio keys ({', '.join(_takes(ratio_keys[0]))}): {', '.join(ratio_keys)}; "
+              f"weight_norm ({', '.join(_takes('weight_norm'))}): {' | '.join(WeightNorm.__args__)}."]
     return "\n".join(lines)

@@ -14,8 +14,7 @@ import torch
 
 from ..core.schema import key
 from ..core.tensors import sum_dims
-from .common import per_sample_norm
-from .dmd import WEIGHT_NORM_DOC, WeightNorm
+from .common import WEIGHT_NORM_DOC, WeightNorm, per_sample_norm
 from .inputs import ObjectiveInputs
 from .registry import FAKE, TEACHER, register
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.schema import key
-from .dmd import WEIGHT_NORM_DOC, WeightNorm
+from .common import WEIGHT_NORM_DOC, WeightNorm
 from .registry import FAKE, TEACHER, register
 from .sid import sid_loss
 

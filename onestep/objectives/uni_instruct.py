@@ -21,8 +21,7 @@ import torch
 
 from ..core.schema import key
 from ..core.tensors import expand, sum_dims
-from .common import per_sample_norm
-from .dmd import WEIGHT_NORM_DOC, WeightNorm
+from .common import WEIGHT_NORM_DOC, WeightNorm, per_sample_norm
 from .fdiv import f_weights
 from .inputs import ObjectiveInputs
 from .ratio import RatioWeighted

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..core.modules import freeze
-from ..nets.denoiser import Denoiser
+from ..nets.denoiser import Denoiser, call_fp32
 
 
 class Teacher(nn.Module):
@@ -57,10 +57,7 @@ class Teacher(nn.Module):
 
     def _denoise(self, x, sigma, cond, features: bool):
         """(x0_hat fp32, features or None)."""
-        if features:
-            d, feats = self.network(x, sigma, cond, return_features=True)
-            return d.float(), feats
-        return self.network(x, sigma, cond).float(), None
+        return call_fp32(self.network, x, sigma, cond, features)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         return self._denoise(x, sigma, cond, False)[0]

@@ -89,6 +89,16 @@ class GaussianMixture:
         return torch.cat([counts[1:], counts[:1]]) / len(x)
 
 
+class ExactSamples:
+    """Exact samples of an analytic mixture."""
+
+    def __init__(self, gmm: GaussianMixture):
+        self.gmm = gmm
+
+    def draw(self, n: int, rng: torch.Generator):
+        return self.gmm.sample(n, generator=rng)[0], None
+
+
 def _as_batch(sigma, x: torch.Tensor) -> torch.Tensor:
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
     if sigma.ndim == 0:

@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..distill.plan import Plan
 from ..errors import OnestepError
+from ..teachers import kinds
 
 GIB = 2.0**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -189,52 +191,11 @@ def activation_bytes(network: nn.Module, batch: int, checkpointing: bool) -> tup
             unet.disable_gradient_checkpointing()
 
 
-def graph_batches(config: Config, local: int) -> list[int]:
-    """Samples (per process) in each network graph held at the peak of an iteration: the larger
-    (in samples) of the generator step's and the fake-score step's graphs (module docstring)."""
-    from ..distill.method import Distillation
-    from ..objectives.registry import FAKE, TEACHER
-
-    spec, _ = config.objective.resolve()
-    guided = 2 if config.teacher.guidance_scale != 1.0 else 1  # classifier-free guidance: 2 passes
-    reg = config.regression.batch_size // max(1, config.train.batch_size // local) if config.regression.weight > 0 else 0
-    generator_step = [local + reg]
-    through = set(spec.grad_through)
-    generator_step += [local * guided] if TEACHER in through else []
-    generator_step += [local] if FAKE in through else []
-    if config.gan.weight:
-        reader = TEACHER if config.discriminator.features == TEACHER else FAKE
-        if config.gan.sigma != "objective" or reader not in through:  # its own call with gradients
-            generator_step.append(local * (guided if reader == TEACHER else 1))
-    fake_step = [local]
-    if Distillation.needs_discriminator(config) and config.discriminator.features == FAKE:
-        o, d = config.objective, config.discriminator
-        objective_sampler = (o.sigma_sampler or spec.sigma_sampler, tuple(o.sigma_range) if o.sigma_range else None)
-        fake_sampler = objective_sampler if o.fake_sigma_sampler == "generator" else ("lognormal", None)
-        one_pass = d.noise == "shared" and (d.sigma_sampler, tuple(d.sigma_range) if d.sigma_range else None) \
-            == fake_sampler  # (distill/critic.py: the denoising pass's inputs are the fakes)
-        fake_step = [local * (2 if one_pass else 3)]  # denoising input (+ fakes) + reals in one pass
-    return max(generator_step, fake_step, key=sum)
-
-
 def skeleton(config: Config) -> tuple[nn.Module, int]:
-    """(the teacher's denoiser on the meta device, bytes of its other weighted components)."""
+    """(the teacher's denoiser on the meta device, bytes of its other weighted components), from
+    its kind's entry (``teachers.kinds``)."""
     t = config.teacher
-    if t.kind == "gmm":
-        from ..nets.mlp import MLPDenoiser
-
-        with torch.device("meta"):
-            network = MLPDenoiser(len(t.means[0]), config.network.hidden, config.network.depth)
-        return network, 0
-    if t.trust_remote_code:
-        raise OnestepError("no memory estimate for a pipeline with its own code (teacher.trust_remote_code)")
-    from ..nets.diffusers_unet import DiffusersDenoiser, parameterization_of
-    from ..teachers.diffusers import skeleton_components
-
-    parts = skeleton_components(t.path, t.subfolder)
-    network = DiffusersDenoiser(parts["unet"], parameterization_of(parts["scheduler"]), latent="vae" in parts)
-    aux = sum(p.numel() for name, m in parts.items() if name not in ("unet", "scheduler") and isinstance(m, nn.Module)
-              for p in m.parameters())
+    network, aux = kinds.get(t.kind).skeleton(t, config.network)
     return network, aux * DTYPE_BYTES[t.dtype]
 
 
@@ -250,7 +211,8 @@ def estimate(config: Config, processes: int) -> Estimate:
     fp32 = 4 * n / split
     local = tr.batch_size // processes
     kept, region = activation_bytes(network, local, tr.gradient_checkpointing)
-    graphs = graph_batches(config, local)
+    guidance_passes = kinds.get(config.teacher.kind).guidance_passes(config.teacher)
+    graphs = Plan.from_config(config).graph_batches(local, tr.batch_size, guidance_passes)
     # linear in the batch: the graphs' saved tensors together, one region recomputed at a time
     act = kept * sum(graphs) / local + region * max(graphs) / local
     if tr.mixed_precision != "no":

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from ..core.ema import local
+
 
 def true_everywhere(acc, ok: bool) -> bool:
     """True on every process iff ``ok`` on every process (one all-reduce; ``acc``: the Accelerator).
@@ -46,14 +48,6 @@ def shard(module: nn.Module) -> nn.Module:
     return module
 
 
-def local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The local shards of DTensors (plain tensors unchanged)."""
-    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
-
-
-def full_norm(norm) -> float:
-    """A gradient norm that may be a DTensor (sharded parameters), as a float."""
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> float:

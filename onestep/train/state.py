@@ -58,7 +58,7 @@ def pack(trainer) -> tuple[dict[str, torch.Tensor], dict]:
     scaler = trainer.acc.scaler
     meta = {
         "step": trainer.step,
-        "config": config_mod.to_dict(trainer.cfg),
+        "config": config_mod.to_dict(trainer.record),
         "optimizers": layouts,
         "counters": {"nonfinite_total": trainer.nonfinite_total, "overflow_total": trainer.overflow_total},
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -84,7 +84,7 @@ def restore(trainer, path: Path) -> None:
     except (ValueError, KeyError):
         raise OnestepError(f"{path} is not an onestep checkpoint (its metadata is not the run's JSON config, "
                            f"step and optimizer state)") from None
-    check_resumable(saved_config, trainer.cfg, path)
+    check_resumable(saved_config, trainer.record, path)
     for name, module in trainer.modules_to_save().items():
         if name in sharded:
             _load_sharded(trainer, name, tensors, module, path)

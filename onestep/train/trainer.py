@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import config as config_mod
+from ..core.ema import EMA, ema_beta
 from ..core.io import atomic_save, atomic_write_text
 from ..core.modules import fingerprint
 from ..core.rundir import (
@@ -32,12 +33,13 @@ from ..core.rundir import (
     latest_checkpoint,
     prune_checkpoints,
 )
+from ..core.schedule import ScheduleConfig
 from ..distill.draws import GlobalDraws
 from ..distill.method import Distillation, Networks
+from ..distill.plan import Plan
 from ..errors import OnestepError, OnestepWarning
 from . import sharding, state, tracking
 from .allocator import retain_freed_memory
-from .ema import EMA, ema_beta
 
 
 def start_accelerator(train: config_mod.TrainConfig, run_dir=None) -> Accelerator:
@@ -59,18 +61,21 @@ def _finite(t: torch.Tensor) -> bool:
 class Trainer:
     """The state of one distillation run and its loop.
 
-    ``Trainer(config, run_dir, acc, teacher, generator, fake_score, discriminator, real, pairs)``
-    takes the networks unwrapped (``build.build_trainer`` makes them from a config), prepares
-    them with accelerate, and builds the run's ``Distillation`` on the prepared modules.
+    ``Trainer(plan, train, schedule, record, run_dir, acc, teacher, generator, fake_score,
+    discriminator, real, pairs, holdout)`` reads its own section (``train``) and the run's
+    ``Plan``; ``record`` is the whole config, only written (config.yaml, checkpoints, tracker) and
+    compared on resume. It takes the networks unwrapped (``build.build_trainer`` makes them),
+    prepares them with accelerate, and builds the run's ``Distillation`` on the prepared modules.
     """
 
-    def __init__(self, config: config_mod.Config, run_dir: str | Path, acc: Accelerator, teacher,
-                 generator: nn.Module, fake_score: nn.Module, discriminator: nn.Module | None = None,
-                 real=None, pairs=None, holdout=None):
-        self.cfg, self.run_dir, self.acc, self.teacher = config, Path(run_dir), acc, teacher
-        tr = config.train
+    def __init__(self, plan: Plan, train: config_mod.TrainConfig, schedule: ScheduleConfig, record,
+                 run_dir: str | Path, acc: Accelerator, teacher, generator: nn.Module, fake_score: nn.Module,
+                 discriminator: nn.Module | None = None, real=None, pairs=None, holdout=None):
+        self.plan, self.train, self.record = plan, train, record
+        self.run_dir, self.acc, self.teacher = Path(run_dir), acc, teacher
+        tr = train
         self.device, rank, world = acc.device, acc.process_index, acc.num_processes
-        for name, n in (("train.batch_size", tr.batch_size), ("regression.batch_size", config.regression.batch_size)):
+        for name, n in (("train.batch_size", tr.batch_size), ("regression.batch_size", plan.regression_batch)):
             if n % world:
                 raise OnestepError(f"config key '{name}': {n} is not divisible by {world} processes")
         opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
@@ -100,7 +105,7 @@ class Trainer:
         groups = [{"params": list(fake_score.parameters()), "lr": tr.lr_fake}]
         heads = list(discriminator.parameters()) if discriminator is not None else []
         if heads:  # a parameter-free head (SiDA's channel mean) trains through the fake score alone
-            groups.append({"params": heads, "lr": config.discriminator.lr or tr.lr_fake})
+            groups.append({"params": heads, "lr": plan.critic.lr or tr.lr_fake})
         opt_f = opt_cls(groups, lr=tr.lr_fake, **opt_kw)
         trained = [m for m in (generator, fake_score, discriminator if heads else None) if m is not None]
         if self.sharded:  # accelerate places and wraps only what is not sharded (the discriminator: DDP)
@@ -116,17 +121,15 @@ class Trainer:
                         "opt_fake": nn.ModuleDict({"fake_score": fake_score, **({"discriminator": discriminator}
                                                                                 if heads else {})})}
         self.holdout = holdout
-        self.method = Distillation(config, teacher, nets, real, pairs, reduce_sum=self._all_reduce_sum)
+        self.method = Distillation(plan, schedule, teacher, nets, real, pairs, reduce_sum=self._all_reduce_sum)
         self.rng = torch.Generator().manual_seed(tr.seed)
-        self.draws = GlobalDraws(self.rng, tr.batch_size, rank, world, self.device, config.schedule,
-                                 config.objective.stratified_sigma)
+        self.draws = GlobalDraws(self.rng, tr.batch_size, rank, world, self.device, schedule, plan.stratified_sigma)
         self._params = {name: [p for m in mods for p in m.parameters()] for name, mods in
                         (("generator", trained[:1]), ("fake", trained[1:]))}
         self.step = 0
         self.nonfinite_total = 0
         self.nonfinite_streak = {"generator": 0, "fake": 0}  # consecutive skipped steps per network
         self.overflow_total = 0
-        self._last = None  # (x_g, cond) of the last generator step, reused by the first fake step
         self.lock = None  # the run directory's lock (core.rundir.RunLock), released when fit() ends
 
     # ------------------------------------------------------------------ one iteration
@@ -134,24 +137,23 @@ class Trainer:
     def generator_step(self) -> dict:
         """One generator update (accumulated over ``grad_accum`` micro-batches)."""
         stats: dict[str, float] = {}
-        for _ in range(self.cfg.train.grad_accum):
+        for _ in range(self.train.grad_accum):
             with self.acc.accumulate(self.generator, self.fake_score), self.method.critics_frozen():
                 out = self.method.generator_loss(self.draws, self.step, self.acc.autocast)
                 ok = self._backward_and_step(out.loss, self.opt_generator, "generator", stats)
                 if ok and self.acc.sync_gradients and self.ema is not None:
-                    self.ema.update(self.method.nets.plain_generator)
+                    self.ema.update(self.method.ema_source)
             stats.update(out.stats)
-        self._last = (out.x_g, out.cond)
         return stats
 
     def fake_step(self, reuse: bool) -> dict:
         """One fake-score (+ discriminator) update on generator samples (``reuse``: the last x_g)."""
         stats: dict[str, float] = {}
-        accum = self.cfg.train.grad_accum
+        accum = self.train.grad_accum
         for micro in range(accum):
             with self.acc.accumulate(self.generator, self.fake_score):
-                last = self._last if reuse and micro == accum - 1 else None
-                loss, step_stats = self.method.fake_score_loss(self.draws, self.acc.autocast, reuse=last)
+                loss, step_stats = self.method.fake_score_loss(self.draws, self.acc.autocast,
+                                                               reuse=reuse and micro == accum - 1)
                 self._backward_and_step(loss, self.opt_fake, "fake", stats)
             stats.update(step_stats)
         return stats
@@ -160,14 +162,14 @@ class Trainer:
         lr = self._set_generator_lr()
         stats = self.generator_step()
         stats["lr_generator"] = lr
-        for k in range(self.cfg.train.fake_steps_per_gen):
+        for k in range(self.train.fake_steps_per_gen):
             stats.update(self.fake_step(reuse=k == 0))
         self.step += 1
         return stats
 
     def _backward_and_step(self, loss, optimizer, name: str, stats: dict) -> bool:
         """Backward, clip, step; a non-finite loss or gradient skips the step (counted)."""
-        tr = self.cfg.train
+        tr = self.train
         if not sharding.true_everywhere(self.acc, _finite(loss)):  # every process skips together
             optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite(name, "loss")
@@ -198,7 +200,7 @@ class Trainer:
     def _count_nonfinite(self, name: str, what: str) -> None:
         self.nonfinite_total += 1
         self.nonfinite_streak[name] += 1
-        if self.nonfinite_streak[name] >= self.cfg.train.max_nonfinite:
+        if self.nonfinite_streak[name] >= self.train.max_nonfinite:
             last = latest_checkpoint(self.run_dir)
             raise OnestepError(
                 f"{self.nonfinite_streak[name]} non-finite steps in a row (last: {name} {what} at step "
@@ -209,7 +211,7 @@ class Trainer:
 
     def _set_generator_lr(self) -> float:
         """Generator learning rate at ``self.step`` (a function of the step: resumes exactly)."""
-        tr = self.cfg.train
+        tr = self.train
         lr = tr.lr_generator
         if tr.lr_decay == "cosine":
             lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(self.step / tr.steps, 1.0)))
@@ -220,11 +222,10 @@ class Trainer:
     def evaluate_discriminator(self, n: int = 256) -> dict:
         """Held-out accuracy and log-ratio spread ({} without a discriminator); its own RNG, a
         function of (seed, step), so logging never changes the training draws."""
-        critic = self.method.critic
-        if critic is None or self.holdout is None:
+        if self.method.critic is None or self.holdout is None:
             return {}
-        rng = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)
-        return critic.evaluate(self.holdout, rng, n, self.method.sigma_sampler, self.cfg.schedule, self.device)
+        rng = torch.Generator().manual_seed(self.train.seed * 1_000_003 + self.step)
+        return self.method.evaluate_discriminator(self.holdout, rng, n, self.device)
 
     def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.acc.num_processes == 1 else self.acc.reduce(t.clone(), reduction="sum")
@@ -257,7 +258,7 @@ class Trainer:
                                f"at step {self.step}")
         if self.acc.is_main_process:
             atomic_save(tensors, path, {k: json.dumps(v) for k, v in meta.items()})
-            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+            prune_checkpoints(self.run_dir, self.train.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
@@ -268,21 +269,25 @@ class Trainer:
         try:
             return self._fit(resume)
         finally:
+            # finish the trackers and destroy the process group, also when the run raised: a gloo
+            # group left to interpreter exit can abort a process ("terminate called without an
+            # active exception")
+            self.acc.end_training()
             if self.lock is not None:
                 self.lock.release()
 
     def _fit(self, resume: Path | None) -> dict:
-        tr = self.cfg.train
+        tr = self.train
         if resume is not None:
             state.restore(self, resume)
         main = self.acc.is_main_process
         if main:
-            atomic_write_text(config_mod.dump_yaml(self.cfg), self.run_dir / CONFIG_FILE)
+            atomic_write_text(config_mod.dump_yaml(self.record), self.run_dir / CONFIG_FILE)
             atomic_write_text(json.dumps(self.teacher.network.spec(), indent=1), self.run_dir / NETWORK_FILE)
             state.truncate_stats(self.run_dir, self.step)
-            tracking.start(self.acc, tr.report_to, config_mod.to_dict(self.cfg))
+            tracking.start(self.acc, tr.report_to, config_mod.to_dict(self.record))
         grid = tracking.SampleGrid(self.teacher) if tr.sample_every and len(self.teacher.sample_shape) == 3 else None
-        bar = tqdm(total=tr.steps, initial=self.step, desc=f"distill {self.method.spec.name}",
+        bar = tqdm(total=tr.steps, initial=self.step, desc=f"distill {self.plan.name}",
                    disable=not (tr.progress and main), dynamic_ncols=True)
         window: dict[str, list[float]] = {}
         t0 = time.perf_counter()
@@ -306,7 +311,7 @@ class Trainer:
             # a sharded generator's forward is a collective: every rank renders, the main one saves
             if grid is not None and (main or self.sharded) and (self.step % tr.sample_every == 0
                                                                  or self.step == tr.steps):
-                generator = self.ema.module if self.ema is not None else self.method.nets.plain_generator
+                generator = self.ema.module if self.ema is not None else self.method.ema_source
                 images = grid.render(generator, self.device)
                 if main:
                     picture = grid.save(images, self.run_dir, self.step)
@@ -317,7 +322,4 @@ class Trainer:
         # (a sum in float64: equal up to summation order, which sharding may change)
         if not math.isclose(fingerprint(self.teacher), self.teacher_fingerprint, rel_tol=1e-12):
             raise RuntimeError("teacher parameters changed during training")  # an invariant, not user error
-        # finish the trackers and destroy the process group: a gloo group left to interpreter
-        # exit can abort a process ("terminate called without an active exception")
-        self.acc.end_training()
         return stats

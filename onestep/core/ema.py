@@ -7,7 +7,10 @@ import copy
 import torch
 from torch import nn
 
-from .sharding import local
+
+def local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The local shards of DTensors (plain tensors unchanged)."""
+    return [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
 
 
 def ema_beta(samples_per_step: float, halflife_samples: float) -> float:

@@ -1,0 +1,84 @@
+"""Every eval/ script runs at a tiny budget and prints its figure, so none breaks silently.
+
+``gpu_check.sh`` needs a GPU; ``fid.py`` runs in test_watch_and_eval.py (with the stand-in
+Inception weights) and test_hostile.py. A new script fails ``test_every_script_has_a_smoke_run``
+until it gets a case here.
+"""
+
+import gzip
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL = ROOT / "eval"
+ELSEWHERE = {"fid.py"}
+
+# script -> (arguments, text its output must contain); {tmp} is the test's directory
+CASES = {
+    "bench_attention.py": (["--batch", "1", "--repeats", "1"], "time/math"),
+    "bench_step.py": (["--teacher", "configs/digits.yaml", "--objectives", "dmd,uni_instruct:js", "--batch", "8",
+                       "--repeats", "1"], "worst iteration / sum-of-passes"),
+    "digits_benchmark.py": (["--output", "{tmp}/bench", "--eval-seeds", "0", "--num-samples", "16", "--set",
+                             "train.steps=2", "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8",
+                             "train.batch_size=8", "regression.batch_size=4"], '"fd_seed0"'),
+    "gmm_objectives.py": (["--output", "{tmp}/gmm", "--steps", "2", "--only", "dmd", "--num-samples", "64",
+                           "--set", "network.fit_steps=20"], "MMD"),
+    "memory_estimate.py": (["--processes", "1", "--configs", "cifar10-ddpm-sid"], "GiB per GPU"),
+    "nfe_sweep.py": (["--teacher", "onestep/resources/digits-teacher", "--output", "{tmp}/nfe", "--num-samples", "16",
+                      "--nfe", "1,3"], "FD-digits"),
+    "train_digits_features.py": (["--output", "{tmp}/digits.safetensors", "--steps", "2"], "held-out accuracy"),
+}
+
+
+def test_every_script_has_a_smoke_run():
+    scripts = {p.name for p in EVAL.glob("*.py")}
+    assert scripts == set(CASES) | ELSEWHERE | {"train_fashion_features.py"}, scripts ^ (set(CASES) | ELSEWHERE)
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_script_prints_its_figure(script, tmp_path):
+    args, expected = CASES[script]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(EVAL / script), *[a.format(tmp=tmp_path) for a in args]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert expected in proc.stdout, proc.stdout[-2000:]
+
+
+def test_train_fashion_features_runs_on_a_subset(tmp_path, monkeypatch, capsys):
+    """In-process (the subset's md5s replace the data set's): two steps, a record next to the weights."""
+    import numpy as np
+
+    from onestep.data import fashion
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        files[f"{prefix}-images-idx3-ubyte"] = (b"\x00\x00\x08\x03" + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                                              + rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+        files[f"{prefix}-labels-idx1-ubyte"] = (b"\x00\x00\x08\x01" + n.to_bytes(4, "big")
+                                              + (np.arange(n) % 10).astype(np.uint8).tobytes())
+    (tmp_path / "data").mkdir()
+    for name, data in files.items():
+        (tmp_path / "data" / f"{name}.gz").write_bytes(gzip.compress(data))
+    monkeypatch.setattr(fashion, "RAW_MD5", {k: hashlib.md5(v).hexdigest() for k, v in files.items()})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(fashion, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.delenv("ONESTEP_DATA", raising=False)
+    spec = importlib.util.spec_from_file_location("train_fashion_features", EVAL / "train_fashion_features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "fashion.safetensors"
+    assert module.main(["--output", str(out), "--steps", "2", "--batch-size", "8",
+                        "--data-root", str(tmp_path / "data")]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    missing = module.main(["--output", str(tmp_path / "x.safetensors"), "--data-root", str(tmp_path / "nowhere")])
+    assert missing == 2 and not (tmp_path / "x.safetensors").exists()

@@ -1,0 +1,194 @@
+"""Fashion-MNIST: finding, unpacking and checking its files; the teacher and evaluation paths on it.
+
+Most tests use a small subset written here in the idx format (so no test needs the 30 MB data
+set); the real files are checked where present (Debian's dataset-fashion-mnist; .ci/run installs
+it when it can) and skipped with a reason otherwise.
+"""
+
+import gzip
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onestep.cli import main
+from onestep.data import fashion
+from onestep.errors import OnestepError
+
+NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _idx_images(x: np.ndarray) -> bytes:
+    return struct.pack(">IIII", 0x803, len(x), 28, 28) + x.astype(np.uint8).tobytes()
+
+
+def _idx_labels(y: np.ndarray) -> bytes:
+    return struct.pack(">II", 0x801, len(y)) + y.astype(np.uint8).tobytes()
+
+
+def _subset(n_train=40, n_test=20, seed=0) -> dict[str, bytes]:
+    """Unpacked idx files of a small random subset (name -> bytes), labels cycling over 10 classes."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = NAMES[split]
+        out[images] = _idx_images(rng.integers(0, 256, (n, 28, 28)))
+        out[labels] = _idx_labels(np.arange(n) % 10)
+    return out
+
+
+@pytest.fixture
+def subset(monkeypatch, tmp_path):
+    """A subset's files; RAW_MD5 is theirs, the cache and Debian's folder live under tmp_path."""
+    files = _subset()
+    monkeypatch.setattr(fashion, "RAW_MD5", {k: hashlib.md5(v).hexdigest() for k, v in files.items()})
+    monkeypatch.setattr(fashion, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("ONESTEP_DATA", raising=False)
+    return files
+
+
+def _write(folder: Path, files: dict[str, bytes], packed: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        if packed:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return folder
+
+
+def test_reads_torchvision_layout_from_data_root(subset, tmp_path):
+    _write(tmp_path / "mine" / "FashionMNIST" / "raw", subset, packed=False)
+    x, y = fashion.load_fashion_mnist("train", root=tmp_path / "mine")
+    assert x.shape == (40, 1, 28, 28) and x.dtype == torch.float32
+    assert -1 <= float(x.min()) and float(x.max()) <= 1
+    assert y.tolist() == [i % 10 for i in range(40)]
+    x_test, _ = fashion.load_fashion_mnist("test", root=tmp_path / "mine")
+    assert x_test.shape == (20, 1, 28, 28)
+    raw = np.frombuffer(subset["train-images-idx3-ubyte"][16:], dtype=np.uint8).reshape(40, 28, 28)
+    assert torch.equal(((x[:, 0] + 1) * 127.5).round().to(torch.uint8), torch.from_numpy(raw.copy()))
+
+
+def test_environment_variable_is_a_root(subset, tmp_path, monkeypatch):
+    _write(tmp_path / "env" / "FashionMNIST" / "raw", subset, packed=False)
+    monkeypatch.setenv("ONESTEP_DATA", str(tmp_path / "env"))
+    assert fashion.locate() == tmp_path / "env"
+
+
+def test_debian_archives_are_unpacked_once_into_the_cache(subset, tmp_path):
+    _write(tmp_path / "system", subset, packed=True)
+    found = fashion.locate()
+    cache = tmp_path / "cache" / "onestep"
+    assert found == cache
+    raw = cache / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(subset)
+    stamp = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
+    x, _ = fashion.load_fashion_mnist("test")  # now read from the cache, not unpacked again
+    assert x.shape == (20, 1, 28, 28)
+    assert {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == stamp
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other content"])
+def test_a_damaged_archive_leaves_nothing_in_the_cache(subset, tmp_path, damage):
+    system = _write(tmp_path / "system", subset, packed=True)
+    victim = system / "train-images-idx3-ubyte.gz"
+    data = victim.read_bytes()
+    if damage == "truncated":
+        victim.write_bytes(data[: len(data) // 2])
+    else:
+        victim.write_bytes(gzip.compress(b"\0" * 100))
+    with pytest.raises(OnestepError, match="train-images-idx3-ubyte") as info:
+        fashion.locate()
+    assert "\n" not in str(info.value)
+    raw = tmp_path / "cache" / "onestep" / "FashionMNIST" / "raw"
+    assert not raw.exists() or not [p for p in raw.iterdir() if p.name.startswith("train-images")
+                                    or p.name.endswith(".tmp")]
+
+
+def test_missing_data_says_where_it_looked_and_how_to_get_it(subset, tmp_path, capsys):
+    with pytest.raises(OnestepError) as info:
+        fashion.locate(tmp_path / "nowhere")
+    message = str(info.value)
+    for fragment in ("nowhere", str(tmp_path / "cache" / "onestep"), str(tmp_path / "system"),
+                     "apt-get install dataset-fashion-mnist", "--download"):
+        assert fragment in message
+    assert main(["eval", "--pipeline", str(tmp_path / "p"), "--ref", "fashion-mnist"]) == 2
+
+
+def test_a_corrupt_unpacked_file_is_refused(subset, tmp_path):
+    raw = _write(tmp_path / "mine" / "FashionMNIST" / "raw", subset, packed=False)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(subset["t10k-labels-idx1-ubyte"][:-3])
+    with pytest.raises(OnestepError, match="corrupt or truncated"):
+        fashion.load_fashion_mnist("test", root=tmp_path / "mine")
+
+
+def test_train_teacher_on_fashion_resumes_bit_for_bit(subset, tmp_path):
+    """Two steps, a restart, two more: the same weights as four steps in one go."""
+    root = _write(tmp_path / "mine" / "FashionMNIST" / "raw", subset, packed=False).parents[1]
+    tiny = ["--set", f"data_root={root}", "--set", "progress=false", "--set", "unet.block_out_channels=[8,8,16]",
+            "--set", "unet.norm_num_groups=4", "--set", "checkpoint_every=2", "--set", "log_every=1"]
+    config = ["train-teacher", "--config", "configs/fashion-teacher.yaml"]
+    assert main([*config, "--output", str(tmp_path / "a"), "--set", "steps=4", *tiny]) == 0
+    assert main([*config, "--output", str(tmp_path / "b"), "--set", "steps=2", *tiny]) == 0
+    assert main([*config, "--output", str(tmp_path / "b"), "--set", "steps=4", "--resume", "--overwrite", *tiny]) == 0
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
+    log = [json.loads(line) for line in (tmp_path / "b.training" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4]
+    record = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert record["steps"] == 4 and record["dtype"] == "float16" and record["dataset"] == "fashion-mnist"
+    from safetensors.torch import load_file
+
+    from onestep.portable.pipeline import EDMPipeline
+
+    assert {v.dtype for v in load_file(tmp_path / "b" / weights).values()} == {torch.float16}  # stored so
+    pipe = EDMPipeline.from_pretrained(tmp_path / "b")
+    images = pipe(class_labels=[0, 9], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="latent").images
+    assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
+
+
+def test_train_teacher_refuses_a_changed_config_on_resume(subset, tmp_path, capsys):
+    root = _write(tmp_path / "mine" / "FashionMNIST" / "raw", subset, packed=False).parents[1]
+    tiny = ["--set", f"data_root={root}", "--set", "progress=false", "--set", "unet.block_out_channels=[8,8,16]",
+            "--set", "unet.norm_num_groups=4", "--set", "checkpoint_every=1"]
+    config = ["train-teacher", "--config", "configs/fashion-teacher.yaml", "--output", str(tmp_path / "t")]
+    assert main([*config, "--set", "steps=1", *tiny]) == 0
+    capsys.readouterr()
+    assert main([*config, "--set", "steps=2", "--set", "lr=1e-3", "--resume", "--overwrite", *tiny]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config changed (lr)" in err[0]
+    assert main([*config, "--set", "steps=2", *tiny, "--overwrite"]) == 2  # checkpoints there: --resume or elsewhere
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+REAL = fashion.SYSTEM_DIR
+needs_real = pytest.mark.skipif(not (REAL / "t10k-images-idx3-ubyte.gz").is_file() and not (
+    fashion.cache_root() / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file(),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+
+@needs_real
+def test_the_real_test_split():
+    x, y = fashion.load_fashion_mnist("test")
+    assert x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(y).tolist() == [1000] * 10
+
+
+@needs_real
+def test_the_shipped_feature_network_meets_its_record():
+    """Re-measure the test accuracy recorded next to the weights (>= 0.90, trained on train only)."""
+    from onestep.evaluation.classifier_training import accuracy
+    from onestep.evaluation.fashion_features import load_classifier
+    from onestep.resources import FASHION_FEATURES
+
+    record = json.loads(FASHION_FEATURES.with_suffix(".json").read_text())
+    x, y = fashion.load_fashion_mnist("test")
+    acc = accuracy(load_classifier(), x, y)
+    assert acc == pytest.approx(record["test_accuracy"], abs=1e-4) and acc >= 0.90

@@ -1,11 +1,13 @@
-# onestep: `make demo` runs the main job, `make test` runs the test suite.
+# onestep: `make demo` runs the main job, `make test` runs the test suite, `make fashion` the
+# Fashion-MNIST benchmark.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.onestep-installed
 DEMO   ?= runs/demo
+FASHION ?= runs/fashion
 
-.PHONY: install demo test lint keys clean-demo
+.PHONY: install demo fashion test lint keys clean-demo
 
 install: $(STAMP)
 
@@ -20,6 +22,11 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/python -m onestep demo --output $(DEMO)
+
+# the Fashion-MNIST benchmark: finds the data set (data.root, $$ONESTEP_DATA, ~/.cache/onestep,
+# Debian's dataset-fashion-mnist) or downloads it where there is network
+fashion: install
+	$(BIN)/python -m onestep demo --preset fashion --output $(FASHION) --download
 
 test: install
 	$(BIN)/python -m pytest -q

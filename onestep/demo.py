@@ -1,16 +1,24 @@
-"""``onestep demo``: distill the bundled digits teacher, evaluate, export, report.
+"""``onestep demo``: distill a bundled teacher, evaluate against it, export, report.
+
+Presets: ``digits`` (``make demo``, the embedded default: the bundled 8x8 digits teacher, FD-digits
+on 1,000 samples, the teacher swept at run time) and ``fashion`` (``make fashion``: the
+Fashion-MNIST teacher trained here, FD-fashion on 5,000 samples against the 10,000 test images at
+evaluation seeds 0, 1 and 2; what depends only on the teacher is read from its stored
+evaluation, ``evaluation.teacher_eval``).
 
 Writes ``<output>/``: ``run/`` (the distillation run), ``report.json``, ``report.md``,
-``samples.png`` (student, one row per class), ``teacher.png`` (teacher at its best NFE),
-``fd_vs_nfe.png`` and ``pipeline/`` (the exported one-step pipeline). Every stage resumes:
-an interrupted demo continues from the run's last checkpoint, and the teacher sweep is
-cached in ``teacher_sweep.json``.
+``samples.png`` (student, one row per class), ``teacher.png`` (teacher at its best NFE, same
+noise), ``fd_vs_nfe.png``, ``discriminator.png`` and ``pipeline/`` (the exported one-step
+pipeline). Every stage resumes: an interrupted demo continues from the run's last checkpoint,
+and the digits teacher sweep is cached in ``teacher_sweep.json``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,38 +28,67 @@ from .core.images import save_grid
 from .core.io import atomic_write_text
 from .core.paths import new_output_dir
 from .core.rundir import is_temporary, latest_valid_checkpoint
-from .core.samplers import edm_sample, heun_steps_for_nfe, per_index_noise
-from .data.datasets import load_digits
+from .core.samplers import per_index_noise
+from .data.datasets import load_named
 from .errors import OnestepError
 from .evaluation.copy_check import copy_report
 from .evaluation.fd import FDScorer
 from .evaluation.nfe import nfe_sweep, student_samples, teacher_samples_at
 from .evaluation.plots import read_stats, save_discriminator_plot, save_fd_plot
+from .evaluation.teacher_eval import (
+    GRID_FILE,
+    TeacherProtocol,
+    grid_labels,
+    read_evaluation,
+    save_teacher_grid,
+)
 from .export import export_run
-from .resources import DEMO_CONFIG
+from .resources import DEMO_CONFIG, FASHION_CONFIG
 from .runs import load_generator
 
-NFES = (1, 3, 7, 15, 31, 63)
 # what the demo writes into its output directory (anything else there is the user's: refused)
 DEMO_FILES = {"run", "pipeline", "pipeline.partial", "report.json", "report.md", "samples.png", "teacher.png",
               "fd_vs_nfe.png", "discriminator.png", "teacher_sweep.json", "timings.json"}
 
 
-def _class_rows(num_classes: int, per_class: int) -> torch.Tensor:
-    """Labels for a grid with one row per class."""
-    return torch.arange(num_classes).repeat_interleave(per_class)
+@dataclass(frozen=True)
+class Preset:
+    """A benchmark: its config, feature network, data set and evaluation protocol."""
+
+    name: str
+    config: Path
+    features: str
+    dataset: str  # FD against its test split (the digits: their one set), copy check against its train split
+    num_samples: int
+    seeds: tuple[int, ...]  # evaluation seeds; the first is reported, all are recorded
+    teacher: TeacherProtocol | None  # None: the teacher is swept at run time (cached in the output)
+    sweep_nfes: tuple[int, ...] = (1, 3, 7, 15, 31, 63)
 
 
-def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: int = 1000,
-             seed: int = 0) -> dict:
+PRESETS = {
+    "digits": Preset("digits", DEMO_CONFIG, "digits", "digits", 1000, (0,), None),
+    "fashion": Preset("fashion", FASHION_CONFIG, "fashion", "fashion-mnist", 5000, (0, 1, 2),
+                      TeacherProtocol("fashion", "fashion-mnist")),
+}
+
+
+def run_demo(output="runs/demo", config=None, overrides=(), num_samples: int | None = None, seed: int = 0,
+             preset: str = "digits", download: bool = False) -> dict:
+    p = PRESETS[preset]
     out = Path(output)
     run = out / "run"
+    config = config or p.config
     cfg = load_config(config, list(overrides))
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_FILES and not is_temporary(p.name))
+        foreign = sorted(f.name for f in out.iterdir() if f.name not in DEMO_FILES and not is_temporary(f.name))
         if foreign:
             raise OnestepError(f"{out} holds files that are not the demo's ({', '.join(foreign[:3])}); choose another "
                                f"--output")
+    n = num_samples or p.num_samples
+    seeds = (seed, *(s for s in p.seeds[1:] if s != seed)) if p.teacher is not None else (seed,)
+    reference = load_named(p.dataset, "test", download=download)[0]
+    train = load_named(p.dataset, "train")[0]
+    teacher_eval = read_evaluation(cfg.teacher.path, p.teacher) if p.teacher is not None else None
     out.mkdir(parents=True, exist_ok=True)
     timings = _read_json(out / "timings.json")
 
@@ -65,59 +102,86 @@ def run_demo(output="runs/demo", config=DEMO_CONFIG, overrides=(), num_samples: 
     atomic_write_text(json.dumps(timings), out / "timings.json")
     teacher, schedule = trainer.teacher, cfg.schedule
     del trainer
+    if reference.shape[-1] != teacher.sample_shape[-1]:  # the 16x16 digits variant
+        reference = train = load_named("digits16")[0]
 
-    # 2. teacher NFE sweep (cached) and the student's one-step FD
-    reference, _ = load_digits(size=teacher.sample_shape[-1])
-    scorer = FDScorer(reference)
-    sweep_file = out / "teacher_sweep.json"
-    sweep = _read_json(sweep_file).get("rows")
-    if not sweep:
-        print("evaluating the teacher at NFE " + ", ".join(map(str, NFES)) + " ...", flush=True)
-        sweep = nfe_sweep(teacher, schedule, scorer, NFES, num_samples, seed)
-        atomic_write_text(json.dumps({"rows": sweep}), sweep_file)
+    # 2. the teacher: swept here (cached) or read from its stored evaluation; the student's FD
+    scorer = FDScorer(reference, p.features)
+    teacher_rows, best = _teacher_rows(p, teacher, schedule, scorer, n, seed, out, teacher_eval)
     use_ema = cfg.train.ema_halflife_kimg > 0
     generator, _, step = load_generator(run, ema=use_ema)
-    x_student, student_ips = student_samples(generator, num_samples, seed, teacher.num_classes)
-    student = {"fd": scorer(x_student), "images_per_s": student_ips, "objective": _objective_label(cfg),
-               "ema": use_ema, "step": step}
-    best = min(sweep, key=lambda r: r["fd"])
-    floor = scorer.floor(reference, num_samples)
+    student_fd, x_student, student_ips = {}, None, None
+    for s in seeds:
+        x, ips = student_samples(generator, n, s, teacher.num_classes)
+        student_fd[str(s)] = scorer(x)
+        if x_student is None:
+            x_student, student_ips = x, ips
+    student = {"fd": student_fd[str(seed)], "images_per_s": student_ips, "objective": _objective_label(cfg)}
+    floor = {str(s): scorer.floor(train, n, s) for s in seeds}
 
-    # 3. pictures: one row per class for student and teacher (at its best NFE)
-    labels = _class_rows(teacher.num_classes, 10)
-    z = per_index_noise(seed + 1, 0, len(labels), teacher.sample_shape)
+    # 3. pictures: one row per class for student and teacher (at its best NFE), the same noise
+    labels = grid_labels(teacher.num_classes) if teacher.num_classes else None
+    z = per_index_noise(seed + 1, 0, len(labels) if labels is not None else 100, teacher.sample_shape)
     with torch.no_grad():
         save_grid(generator(z, labels), out / "samples.png", nrow=10)
-        save_grid(edm_sample(teacher.denoise, z, schedule, heun_steps_for_nfe(best["nfe"]), labels),
-                  out / "teacher.png", nrow=10)
-    save_fd_plot(sweep, student, out / "fd_vs_nfe.png")
+    shipped_grid = Path(cfg.teacher.path) / GRID_FILE
+    if teacher_eval is not None and seed == 0 and shipped_grid.is_file():
+        shutil.copyfile(shipped_grid, out / "teacher.png")  # made from the same noise (seed 1)
+    else:
+        save_teacher_grid(teacher, schedule, best["nfe"], out / "teacher.png", seed + 1)
+    save_fd_plot(teacher_rows, student, out / "fd_vs_nfe.png", title=f"FD-{p.features} vs NFE")
     has_discriminator = save_discriminator_plot(read_stats(run / "stats.jsonl"), out / "discriminator.png")
 
-    # 3b. copy check: the student may not win by reproducing training digits
-    x_teacher, _ = teacher_samples_at(teacher, schedule, best["nfe"], num_samples, seed)
-    copies = copy_report(x_student, x_teacher, reference)
+    # 3b. copy check: the student may not win by reproducing training images
+    if teacher_eval is not None:
+        copies = copy_report(x_student, teacher_eval["nearest_training_distance"], train)
+    else:
+        x_teacher, _ = teacher_samples_at(teacher, schedule, best["nfe"], n, seed)
+        copies = copy_report(x_student, x_teacher, train)
 
     # 4. export (replacing the demo's own earlier export)
     export_run(run, new_output_dir(out / "pipeline", "the demo's pipeline", overwrite=True), ema=use_ema)
 
     report = {
-        "objective": student["objective"],
-        "student": {"fd_digits": student["fd"], "nfe": 1, "images_per_s": student["images_per_s"],
+        "preset": p.name, "features": p.features, "objective": student["objective"],
+        "student": {"fd": student["fd"], "fd_by_seed": student_fd, "nfe": 1, "images_per_s": student_ips,
                     "ema": use_ema, "step": step},
-        "teacher": [{"nfe": r["nfe"], "fd_digits": r["fd"], "images_per_s": r["images_per_s"]} for r in sweep],
-        "teacher_best": {"nfe": best["nfe"], "fd_digits": best["fd"]},
+        "teacher": [{"nfe": r["nfe"], "fd": r["fd"], "images_per_s": r["images_per_s"]} for r in teacher_rows],
+        "teacher_best": best,
         "fd_ratio_student_to_best_teacher": student["fd"] / best["fd"],
-        "speedup_vs_best_teacher": student["images_per_s"] / best["images_per_s"],
-        "real_vs_real_fd": floor,
+        "fd_ratio_by_seed": {s: student_fd[s] / best["fd_by_seed"][s] for s in student_fd if s in best["fd_by_seed"]},
+        "speedup_vs_best_teacher": student_ips / best["images_per_s"],
+        "real_vs_real_fd": floor[str(seed)], "real_vs_real_fd_by_seed": floor,
         "nearest_training_distance": copies,
         "discriminator_plot": has_discriminator,
         "distill_seconds": timings["distill_seconds"],
-        "num_samples": num_samples, "seed": seed, "config": str(config),
+        "num_samples": n, "seed": seed, "seeds": list(seeds), "config": str(config),
     }
     atomic_write_text(json.dumps(report, indent=1), out / "report.json")
     atomic_write_text(_markdown(report), out / "report.md")
     print(_markdown(report))
     return report
+
+
+def _teacher_rows(p: Preset, teacher, schedule, scorer, n: int, seed: int, out: Path, stored: dict | None):
+    """(the teacher's FD-by-NFE rows, its best setting {"nfe", "fd", "fd_by_seed", "images_per_s"})."""
+    if stored is not None:
+        best_nfe = stored["best_nfe"]
+        speed = next(r["images_per_s"] for r in stored["sweep"] if r["nfe"] == best_nfe)
+        if str(seed) not in stored["fd"] or n != stored["protocol"]["num_samples"]:
+            raise OnestepError(f"the teacher's stored evaluation has {stored['protocol']['num_samples']} samples at "
+                               f"seeds {', '.join(stored['fd'])}; use those, or evaluate it again (eval/teacher_eval.py)")
+        return stored["sweep"], {"nfe": best_nfe, "fd": stored["fd"][str(seed)], "fd_by_seed": stored["fd"],
+                                 "images_per_s": speed}
+    sweep_file = out / "teacher_sweep.json"
+    sweep = _read_json(sweep_file).get("rows")
+    if not sweep:
+        print("evaluating the teacher at NFE " + ", ".join(map(str, p.sweep_nfes)) + " ...", flush=True)
+        sweep = nfe_sweep(teacher, schedule, scorer, p.sweep_nfes, n, seed)
+        atomic_write_text(json.dumps({"rows": sweep}), sweep_file)
+    best = min(sweep, key=lambda r: r["fd"])
+    return sweep, {"nfe": best["nfe"], "fd": best["fd"], "fd_by_seed": {str(seed): best["fd"]},
+                   "images_per_s": best["images_per_s"]}
 
 
 def _objective_label(cfg) -> str:
@@ -134,30 +198,36 @@ def _read_json(path: Path) -> dict:
 
 
 def _markdown(r: dict) -> str:
+    fd = f"FD-{r['features']}"
+    best = r["teacher_best"]
     lines = [
-        "# onestep demo: the digits teacher in one step",
+        f"# onestep demo ({r['preset']}): the teacher in one step",
         "",
         f"Objective: `{r['objective']}`; distillation took {r['distill_seconds']:.0f} s on this machine.",
         "",
-        "| sampler | NFE | FD-digits | images/s |",
+        f"| sampler | NFE | {fd} | images/s |",
         "|---|---:|---:|---:|",
     ]
     for t in r["teacher"]:
-        lines.append(f"| teacher (Heun) | {t['nfe']} | {t['fd_digits']:.2f} | {t['images_per_s']:.0f} |")
+        lines.append(f"| teacher (Heun) | {t['nfe']} | {t['fd']:.2f} | {t['images_per_s']:.0f} |")
     s = r["student"]
-    lines.append(f"| **one-step student** | 1 | **{s['fd_digits']:.2f}** | {s['images_per_s']:.0f} |")
+    lines.append(f"| **one-step student** | 1 | **{s['fd']:.2f}** | {s['images_per_s']:.0f} |")
+    lines += ["", f"Student {fd} / best teacher {fd} (NFE {best['nfe']}): "
+              f"**{r['fd_ratio_student_to_best_teacher']:.2f}**; speed-up over it: "
+              f"**{r['speedup_vs_best_teacher']:.0f}x**. Real-vs-real floor: {r['real_vs_real_fd']:.2f} "
+              f"({r['num_samples']} samples)."]
+    if len(r["fd_ratio_by_seed"]) > 1:
+        lines += ["", "| evaluation seed | student | best teacher | ratio | real-vs-real floor |",
+                  "|---:|---:|---:|---:|---:|"]
+        for seed, ratio in r["fd_ratio_by_seed"].items():
+            lines.append(f"| {seed} | {s['fd_by_seed'][seed]:.2f} | {best['fd_by_seed'][seed]:.2f} | {ratio:.2f} | "
+                         f"{r['real_vs_real_fd_by_seed'].get(seed, float('nan')):.2f} |")
+    c = r["nearest_training_distance"]
     lines += [
         "",
-        f"Student FD / best teacher FD (NFE {r['teacher_best']['nfe']}): "
-        f"**{r['fd_ratio_student_to_best_teacher']:.2f}**; speed-up over it: "
-        f"**{r['speedup_vs_best_teacher']:.0f}x**. Real-vs-real floor: {r['real_vs_real_fd']:.2f} "
-        f"({r['num_samples']} samples against all 1,797 digits).",
-        "",
-        f"Copy check (L2 distance to the nearest training digit): student median "
-        f"{r['nearest_training_distance']['student_median']:.3f}, teacher median "
-        f"{r['nearest_training_distance']['teacher_median']:.3f}; "
-        f"{100 * r['nearest_training_distance']['student_below_teacher_p5']:.1f}% of student samples lie closer "
-        f"than the teacher's 5th percentile (5% if it copies no more than its teacher).",
+        f"Copy check (L2 distance to the nearest training image): student median {c['student_median']:.3f}, "
+        f"teacher median {c['teacher_median']:.3f}; {100 * c['student_below_teacher_p5']:.1f}% of student samples "
+        f"lie closer than the teacher's 5th percentile (5% if it copies no more than its teacher).",
         "",
         "![student](samples.png) ![teacher](teacher.png) ![FD vs NFE](fd_vs_nfe.png)"
         + (" ![discriminator](discriminator.png)" if r.get("discriminator_plot") else ""),

@@ -23,13 +23,13 @@ def test_demo_writes_every_artifact(demo_dir):
     assert (out / "pipeline" / "model_index.json").is_file()
     report = json.loads((out / "report.json").read_text())
     assert [t["nfe"] for t in report["teacher"]] == [1, 3, 7, 15, 31, 63]
-    assert report["student"]["fd_digits"] > 0 and report["distill_seconds"] > 0
+    assert report["student"]["fd"] > 0 and report["distill_seconds"] > 0
     assert report["discriminator_plot"] and "discriminator.png" in (out / "report.md").read_text()
     copies = report["nearest_training_distance"]
     assert copies["student_median"] > 0 and copies["teacher_median"] > 0
     assert 0 <= copies["student_below_teacher_p5"] <= 1
-    best = min(t["fd_digits"] for t in report["teacher"])
-    assert report["fd_ratio_student_to_best_teacher"] == pytest.approx(report["student"]["fd_digits"] / best)
+    best = min(t["fd"] for t in report["teacher"])
+    assert report["fd_ratio_student_to_best_teacher"] == pytest.approx(report["student"]["fd"] / best)
     from PIL import Image
 
     w, h = Image.open(out / "samples.png").size
@@ -45,4 +45,4 @@ def test_demo_rerun_resumes_without_retraining(demo_dir):
     assert sorted((out / "run" / "checkpoints").iterdir()) == ckpts
     assert after["distill_seconds"] == pytest.approx(before["distill_seconds"])
     assert after["teacher"] == before["teacher"]  # cached sweep
-    assert after["student"]["fd_digits"] == pytest.approx(before["student"]["fd_digits"])
+    assert after["student"]["fd"] == pytest.approx(before["student"]["fd"])

@@ -192,3 +192,45 @@ def test_the_shipped_feature_network_meets_its_record():
     x, y = fashion.load_fashion_mnist("test")
     acc = accuracy(load_classifier(), x, y)
     assert acc == pytest.approx(record["test_accuracy"], abs=1e-4) and acc >= 0.90
+
+
+def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_path, monkeypatch, capsys):
+    """`onestep demo --preset fashion` end to end on a tiny teacher and the subset: the teacher is
+    evaluated once (eval/teacher_eval.py), the benchmark reads that and scores the student at
+    every evaluation seed."""
+    import dataclasses
+    import importlib.util
+
+    from onestep import demo
+    from onestep.evaluation.teacher_eval import TeacherProtocol
+
+    root = _write(tmp_path / "mine" / "FashionMNIST" / "raw", subset, packed=False).parents[1]
+    monkeypatch.setenv("ONESTEP_DATA", str(root))
+    teacher = tmp_path / "teacher"
+    assert main(["train-teacher", "--config", "configs/fashion-teacher.yaml", "--output", str(teacher),
+                 "--set", "steps=2", "--set", "progress=false", "--set", "unet.block_out_channels=[8,8,16]",
+                 "--set", "unet.norm_num_groups=4"]) == 0
+    spec = importlib.util.spec_from_file_location("teacher_eval", "eval/teacher_eval.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--teacher", str(teacher), "--nfe", "1,3", "--sweep-samples", "16", "--num-samples", "16",
+                        "--seeds", "0,1"]) == 0
+    stored = json.loads((teacher / "evaluation.json").read_text())
+    assert stored["best_nfe"] in (1, 3) and set(stored["fd"]) == {"0", "1"} and stored["dtype"] == "float32"
+    assert (teacher / "samples.png").is_file()
+
+    protocol = TeacherProtocol("fashion", "fashion-mnist", (1, 3), 16, 16, (0, 1))
+    monkeypatch.setitem(demo.PRESETS, "fashion", dataclasses.replace(demo.PRESETS["fashion"], num_samples=16,
+                                                                    seeds=(0, 1), teacher=protocol))
+    out = tmp_path / "bench"
+    report = demo.run_demo(out, overrides=[f"teacher.path={teacher}", "train.steps=2", "train.batch_size=4",
+                                           "train.checkpoint_every=2", "train.sample_every=0"], preset="fashion")
+    assert report["features"] == "fashion" and report["teacher_best"]["nfe"] == stored["best_nfe"]
+    assert set(report["student"]["fd_by_seed"]) == {"0", "1"} == set(report["fd_ratio_by_seed"])
+    assert report["teacher_best"]["fd_by_seed"] == stored["fd"]  # read, not re-sampled
+    assert report["fd_ratio_student_to_best_teacher"] == pytest.approx(report["student"]["fd"] / stored["fd"]["0"])
+    assert report["nearest_training_distance"]["teacher_median"] == stored["nearest_training_distance"]["median"]
+    for name in ("report.md", "samples.png", "teacher.png", "fd_vs_nfe.png", "discriminator.png"):
+        assert (out / name).is_file(), name
+    assert (out / "pipeline" / "model_index.json").is_file()
+    assert "| 1 |" in (out / "report.md").read_text()  # the per-seed table

@@ -106,11 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fashion-mnist: download the data set into the user cache if it is nowhere here")
     _add_common(p)
 
-    p = sub.add_parser("demo", help="distill the bundled digits teacher, evaluate, export (make demo)")
-    p.add_argument("--output", default="runs/demo")
-    p.add_argument("--config", default=None, help="distillation config (default: the bundled digits.yaml)")
+    p = sub.add_parser("demo", help="distill a bundled teacher, evaluate, export (make demo, make fashion)")
+    p.add_argument("--preset", choices=["digits", "fashion"], default="digits",
+                   help="digits (make demo: the 8x8 digits teacher) or fashion (make fashion: Fashion-MNIST)")
+    p.add_argument("--output", default=None, help="default: runs/demo (digits), runs/fashion (fashion)")
+    p.add_argument("--config", default=None, help="distillation config (default: the preset's bundled one)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--num-samples", type=int, default=1000, help="samples per FD evaluation")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="samples per FD evaluation (default: 1000 digits, 5000 fashion)")
+    p.add_argument("--download", action="store_true",
+                   help="fashion: download Fashion-MNIST into the user cache if it is nowhere here (needs network)")
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
 

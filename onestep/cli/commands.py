@@ -197,12 +197,12 @@ def cmd_train_teacher(args) -> int:
 def cmd_demo(args) -> int:
     from ..core.paths import writable_dir
     from ..demo import run_demo
-    from ..resources import DEMO_CONFIG
 
-    if args.num_samples < 2:
+    if args.num_samples is not None and args.num_samples < 2:
         raise OnestepError(f"--num-samples must be at least 2 (a Frechet distance needs a covariance), got {args.num_samples}")
-    out = writable_dir(args.output, "--output")
-    run_demo(out, args.config or DEMO_CONFIG, args.overrides, args.num_samples, args.seed)
+    out = writable_dir(args.output or ("runs/demo" if args.preset == "digits" else f"runs/{args.preset}"), "--output")
+    run_demo(out, args.config, args.overrides, args.num_samples, args.seed, preset=args.preset,
+             download=args.download)
     print(f"demo written to {out}/ (report.md, samples.png, teacher.png, fd_vs_nfe.png, pipeline/)")
     return 0
 

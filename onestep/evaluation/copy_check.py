@@ -19,13 +19,21 @@ def nearest_distances(x: torch.Tensor, train: torch.Tensor, batch_size: int = 10
     return torch.cat(out).float()
 
 
-def copy_report(student: torch.Tensor, teacher: torch.Tensor, train: torch.Tensor) -> dict:
+def distance_quantiles(distances: torch.Tensor) -> dict:
+    """{"median", "p5"} of nearest-training-sample distances (N,)."""
+    p5, median = torch.quantile(distances, torch.tensor([0.05, 0.5], dtype=distances.dtype)).tolist()
+    return {"median": median, "p5": p5}
+
+
+def copy_report(student: torch.Tensor, teacher: torch.Tensor | dict, train: torch.Tensor) -> dict:
     """Median and 5th percentile of the nearest-training-sample distance, for student and teacher
     samples, and the fraction of student samples closer to a training sample than the teacher's
-    5th percentile (about 0.05 when the student copies no more than its teacher)."""
-    ds, dt = nearest_distances(student, train), nearest_distances(teacher, train)
-    q = torch.tensor([0.05, 0.5])
-    s5, s50 = torch.quantile(ds, q).tolist()
-    t5, t50 = torch.quantile(dt, q).tolist()
-    return {"student_median": s50, "student_p5": s5, "teacher_median": t50, "teacher_p5": t5,
-            "student_below_teacher_p5": float((ds < t5).float().mean())}
+    5th percentile (about 0.05 when the student copies no more than its teacher).
+
+    ``teacher``: its samples (N, ...), or the ``distance_quantiles`` of them measured before
+    (a teacher's stored evaluation)."""
+    ds = nearest_distances(student, train)
+    t = teacher if isinstance(teacher, dict) else distance_quantiles(nearest_distances(teacher, train))
+    s = distance_quantiles(ds)
+    return {"student_median": s["median"], "student_p5": s["p5"], "teacher_median": t["median"],
+            "teacher_p5": t["p5"], "student_below_teacher_p5": float((ds < t["p5"]).float().mean())}

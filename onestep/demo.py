@@ -88,6 +88,11 @@ def run_demo(output="runs/demo", config=None, overrides=(), num_samples: int | N
     seeds = (seed, *(s for s in p.seeds[1:] if s != seed)) if p.teacher is not None else (seed,)
     reference = load_named(p.dataset, "test", download=download)[0]
     train = load_named(p.dataset, "train")[0]
+    where = Path(cfg.teacher.path) if Path(cfg.teacher.path).is_absolute() else Path(config).parent / cfg.teacher.path
+    if p.teacher is not None and not (where / "model_index.json").is_file():
+        raise OnestepError(f"the {p.name} teacher is not at {where}: train it with `onestep train-teacher "
+                           f"--config configs/{p.name}-teacher.yaml --output DIR`, evaluate it once with "
+                           f"`python eval/teacher_eval.py --teacher DIR`, and pass --set teacher.path=DIR")
     teacher_eval = read_evaluation(cfg.teacher.path, p.teacher) if p.teacher is not None else None
     out.mkdir(parents=True, exist_ok=True)
     timings = _read_json(out / "timings.json")

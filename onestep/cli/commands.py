@@ -139,10 +139,21 @@ def cmd_export(args) -> int:
     from ..core.paths import new_output_dir
     from ..export import export_run
 
-    output = new_output_dir(args.output, "--output", overwrite=args.overwrite, protect=(args.run,))
+    output = new_output_dir(args.output, "--output", overwrite=args.overwrite, protect=(args.run, _run_teacher(args.run)))
     path = export_run(args.run, output, ema=args.ema)
     print(f"exported {args.run} to {path}")
     return 0
+
+
+def _run_teacher(run) -> str | None:
+    """The teacher directory a run was distilled from (its config.yaml), which an export must never replace."""
+    import yaml
+
+    try:
+        teacher = yaml.safe_load((Path(run) / "config.yaml").read_text()).get("teacher", {})
+        return teacher.get("path") if isinstance(teacher, dict) else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
 
 
 def cmd_eval(args) -> int:
@@ -182,7 +193,7 @@ def cmd_train_teacher(args) -> int:
     from ..train.teacher_training import TeacherTrainingConfig, train_teacher, work_dir_for
 
     cfg = config_mod.load(args.config, args.overrides, cls=TeacherTrainingConfig)
-    output = new_output_dir(args.output, "--output", overwrite=args.overwrite)
+    output = new_output_dir(args.output, "--output", overwrite=args.overwrite, kind="EDMPipeline")
     work = writable_dir(args.checkpoints or work_dir_for(output), "--checkpoints")
     if work.resolve() == output.resolve() or output.resolve() in work.resolve().parents:
         raise OnestepError(f"--checkpoints {work} lies inside --output {output}, which is replaced when training "

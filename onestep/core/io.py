@@ -7,6 +7,7 @@ file. Nothing is pickled: tensors go to safetensors, everything else to JSON.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,10 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # its I/O errors, as the OSError they are (the CLI's one line)
+            raise _as_os_error(exc, path) from None
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -33,6 +37,13 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _as_os_error(exc: Exception, path: Path) -> OSError:
+    """safetensors reports a failed write as ``SafetensorError`` (its text names the OS error)."""
+    text = str(exc)
+    code = errno.ENOSPC if ("No space left" in text or "os error 28" in text or "StorageFull" in text) else errno.EIO
+    return OSError(code, os.strerror(code) if code == errno.ENOSPC else f"cannot write ({text[:120]})", str(path))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
@@ -160,23 +171,32 @@ def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
 
     ``save_pretrained`` output (safetensors), the bundled ``pipeline.py`` and scheduler code
     (``portable.pipeline.write_remote_code``) named in ``model_index.json``; ``write_extra(tmp_dir)``
-    adds files before the directory is renamed into place. Returns ``output``.
+    adds files before the directory is renamed into place. A failed write (a full disk) removes
+    its partial directory and leaves ``output`` as it was. An earlier output being replaced is
+    moved to a unique hidden name first and removed only once the new one is in place; nothing
+    else is deleted. Returns ``output``.
     """
+    import uuid
+
     output = Path(output)
     tmp = output.with_name(output.name + ".partial")
     if tmp.is_dir():  # the leftover of an interrupted write (paths.new_output_dir checked it)
         shutil.rmtree(tmp)
     from ..portable.pipeline import write_remote_code  # (imports diffusers: only when writing one)
 
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    write_remote_code(tmp, type(pipe).__name__)
-    if write_extra is not None:
-        write_extra(tmp)
-    old = output.with_name(output.name + ".replaced")
-    if output.exists():  # an earlier output of the same kind (--overwrite): swapped out, then removed
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_remote_code(tmp, type(pipe).__name__)
+        if write_extra is not None:
+            write_extra(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = output.with_name(f".{output.name}.replaced-{uuid.uuid4().hex[:12]}") if output.exists() else None
+    if old is not None:  # an earlier output of the same kind (--overwrite): swapped out, then removed
         output.rename(old)
     tmp.rename(output)
-    if old.exists():
+    if old is not None:
         shutil.rmtree(old)
     _fsync_dir(output.parent)
     return output

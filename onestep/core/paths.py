@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import OnestepError
 
 # OSError numbers that are the user's situation, not a bug: reported in one line by the CLI
-USER_OS_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+USER_OS_ERRORS = {errno.ENOSPC, errno.EIO, errno.EACCES, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                   errno.EPERM, errno.ENAMETOOLONG, errno.EDQUOT}
 
 
@@ -53,26 +53,48 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def new_output_dir(path, what: str, overwrite: bool = False, protect: tuple = (), marker: str = "model_index.json") -> Path:
+def pipeline_class(directory: Path) -> str | None:
+    """The ``_class_name`` of a pipeline directory's model_index.json (None: not a readable pipeline)."""
+    import json
+
+    try:
+        index = json.loads((Path(directory) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = index.get("_class_name") if isinstance(index, dict) else None
+    if isinstance(name, list) and len(name) == 2:  # [module, class]: a pipeline with its own code
+        name = name[1]
+    return name if isinstance(name, str) else None
+
+
+def new_output_dir(path, what: str, overwrite: bool = False, protect: tuple = (), kind: str = "OneStepPipeline") -> Path:
     """A directory to write whole (an export, a trained teacher): it must not exist, or be empty, or
-    (with ``overwrite``) be an earlier output of the same kind (it holds ``marker``). It may not be
-    the working directory, a parent of it, or overlap any directory in ``protect``."""
+    (with ``overwrite``) be an earlier output of the same kind (a pipeline whose model_index.json
+    names ``kind``). It may not be a symbolic link, the working directory, a parent of it, or
+    overlap any directory in ``protect`` (a run, its teacher)."""
+    path = Path(path)
+    if path.is_symlink():  # (dangling ones too) replacing a link's target through it is never asked for
+        raise OnestepError(f"{what} {path} is a symbolic link; give the directory itself ({os.path.realpath(path)}) "
+                           f"or a new path")
     path = writable_dir(path, what)
     resolved = path.resolve()
     cwd = Path.cwd().resolve()
     if _within(cwd, resolved):
         raise OnestepError(f"{what} {path} is the working directory or one of its parents; name a new directory")
     for other in protect:  # a new subfolder of a protected directory (RUN/pipeline) is fine
-        if _within(Path(other).resolve(), resolved):
+        if other and _within(Path(other).resolve(), resolved):
             raise OnestepError(f"{what} {path} would replace {other}; write it to a separate directory")
     if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise OnestepError(f"{what} {path} exists and is not empty; choose a new path or pass --overwrite")
-        if not (path / marker).is_file():
-            raise OnestepError(f"{what} {path} is not an earlier output ({marker} missing); --overwrite replaces "
-                               f"only those; choose a new path")
+        found = pipeline_class(path)
+        if found != kind:
+            was = f"a {found}" if found else "not a pipeline"
+            raise OnestepError(f"{what} {path} is not an earlier output ({was}; --overwrite replaces only a "
+                               f"{kind} written by onestep); choose a new path")
     partial = path.with_name(path.name + ".partial")
-    if partial.exists() and not (partial.is_dir() and (not any(partial.iterdir()) or (partial / marker).is_file())):
+    if partial.exists() and not (partial.is_dir() and (not any(partial.iterdir())
+                                                      or (partial / "model_index.json").is_file())):
         raise OnestepError(f"{partial} exists and is not a leftover of an interrupted write; move it away or "
                            f"choose another path")
     return path

@@ -94,7 +94,7 @@ def test_eval_matches_torch_fidelity_cli_with_the_same_weights(tmp_path, watched
     from onestep.evaluation.score import run_samples
 
     weights = _standin_inception(tmp_path / "inception.pth")
-    reference = load_digits(16)[0][:32].repeat(1, 3, 1, 1)  # InceptionV3 on a CPU: ~3 images/s
+    reference = load_digits(8)[0][:32].repeat(1, 3, 1, 1)  # the run's 8x8 RGB; InceptionV3 on a CPU: ~3 images/s
     np.save(tmp_path / "ref.npy", reference.numpy())
     out = tmp_path / "eval.json"
     assert main(["eval", "--run", str(watched_run), "--ref", str(tmp_path / "ref.npy"), "--features", "inception",
@@ -123,9 +123,9 @@ def test_eval_by_cached_reference_name(tmp_path, watched_run, capsys):
     cache = tmp_path / "cache"
     args = ["eval", "--run", str(watched_run), "--metrics", "fid", "--num-samples", "40", "--cache-root", str(cache),
             "--features", "digits"]
-    assert main([*args, "--ref", "digits16"]) == 0
+    assert main([*args, "--ref", "digits"]) == 0
     first = capsys.readouterr().out
-    assert main([*args, "--ref", "digits16"]) == 0  # second time: the cached statistics
+    assert main([*args, "--ref", "digits"]) == 0  # second time: the cached statistics
     assert first == capsys.readouterr().out
     assert main([*args, "--ref", "no-such-reference"]) == 2
     assert "no-such-reference" in capsys.readouterr().err

@@ -81,6 +81,24 @@ def _read_folder(root: Path) -> tuple[list[np.ndarray], torch.Tensor | None]:
     return images, labels
 
 
+def check_image_array(x: np.ndarray, where: str, check_range: bool = True) -> None:
+    """Refuse, in one line, an image array that is empty, non-finite or (``check_range``) outside
+    the documented ranges (uint8 [0, 255]; floats [-1, 1]): such data would train or score
+    silently wrong. (Generated samples may overshoot [-1, 1] a little: they are clamped when scored.)"""
+    if len(x) == 0:
+        raise OnestepError(f"{where} holds no images")
+    if np.issubdtype(x.dtype, np.floating):
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise OnestepError(f"{where} has {int((~finite).sum())} NaN or infinite values; fix or drop those images")
+        lo, hi = float(x.min()), float(x.max())
+        if check_range and (lo < -1.001 or hi > 1.001):
+            raise OnestepError(f"{where}: float images span [{lo:.3g}, {hi:.3g}], outside the documented [-1, 1]; "
+                               f"store uint8 [0, 255] or map floats to [-1, 1] (x / 127.5 - 1)")
+    elif np.issubdtype(x.dtype, np.integer) and (int(x.min()) < 0 or int(x.max()) > 255):
+        raise OnestepError(f"{where}: integer images span [{int(x.min())}, {int(x.max())}], outside [0, 255]")
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, torch.Tensor | None]:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -97,6 +115,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, torch.Tensor | None]:
     if x.ndim not in (3, 4) or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise OnestepError(f"config key 'data.dataset': {path}: images must be a numeric (N, H, W[, C]) or "
                            f"(N, C, H, W) array, got {x.dtype} {x.shape}")
+    check_image_array(x, f"config key 'data.dataset': {path}")
     if y is not None and (y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer)):
         raise OnestepError(f"config key 'data.dataset': {path}: labels must be integers, one per image")
     return x, (torch.from_numpy(y.astype(np.int64)) if y is not None else None)

@@ -53,29 +53,53 @@ class ImageTensorDataset(Dataset):
         return self.x[i]
 
 
-def load_images(source) -> torch.Tensor:
-    """A tensor, ``.npy`` file or PNG folder as (N, C, H, W) in [-1, 1]."""
+def load_images(source, reference: bool = False) -> torch.Tensor:
+    """A tensor, ``.npy`` / ``.npz`` file or image folder as (N, C, H, W) in [-1, 1]; empty,
+    non-finite, mixed-size and unreadable inputs are refused in one line, and a ``reference``
+    outside the documented range too (generated samples may overshoot: they are clamped)."""
+    from ..data.datasets import check_image_array
+
     if torch.is_tensor(source):
         return source.float()
     path = Path(source)
-    if path.is_file() and path.suffix == ".npy":
+    if path.is_file() and path.suffix in (".npy", ".npz"):
         try:
-            array = np.load(path, allow_pickle=False)
+            if path.suffix == ".npy":
+                array = np.load(path, allow_pickle=False)
+            else:
+                with np.load(path, allow_pickle=False) as data:
+                    key = next((k for k in ("x", "images") if k in data.files), None)
+                    if key is None:
+                        raise OnestepError(f"{path} has no array 'x' or 'images' (found: {', '.join(data.files) or 'none'})")
+                    array = data[key]
         except ValueError:
-            raise OnestepError(f"{path} holds Python objects (a pickle); onestep reads numeric arrays only") from None
+            raise OnestepError(f"{path} holds Python objects (a pickle) or is not an array file; onestep reads "
+                               f"numeric arrays only") from None
         if not (np.issubdtype(array.dtype, np.number) and array.ndim == 4):
             raise OnestepError(f"{path}: expected a numeric (N, C, H, W) array, got {array.dtype} {array.shape}")
-        return torch.from_numpy(array).float()
+        check_image_array(array, str(path), check_range=reference)
+        x = torch.from_numpy(array)
+        return x.float() / 127.5 - 1 if not torch.is_floating_point(x) else x.float()
     if path.is_dir():
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
-            raise OnestepError(f"no PNG/JPEG images in {path}")
-        arrays = [np.asarray(Image.open(f)) for f in files]
+            raise OnestepError(f"no images in {path}")
+        arrays = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    arrays.append(np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im))
+            except (UnidentifiedImageError, OSError):
+                raise OnestepError(f"{f} is not an image onestep can read (in the reference folder {path})") from None
+        shapes = sorted({a.shape for a in arrays})
+        if len(shapes) > 1:
+            raise OnestepError(f"images in {path} differ in size ({shapes[0]} and {shapes[-1]}); resize them to one "
+                               f"size first")
         x = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1
         return x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    raise OnestepError(f"cannot read images from {source}: expected a .npy file or an image folder")
+    raise OnestepError(f"cannot read images from {source}: expected a .npy or .npz file or an image folder")
 
 
 def _classifier_extractor_class(load, size: int):
@@ -165,7 +189,7 @@ def compute_metrics(samples, reference, features: str = "digits", metrics=("fid"
     if unknown:
         raise OnestepError(f"unknown metric(s) {sorted(unknown)} (valid: {', '.join(METRICS)})")
     x = load_images(samples)
-    ref = load_images(reference) if reference is not None else None
+    ref = load_images(reference, reference=True) if reference is not None else None
     kwargs = extractor_kwargs(features, weights)
     kwargs.update(fid="fid" in metrics, kid="kid" in metrics, isc="isc" in metrics, prc="prc" in metrics,
                   cuda=torch.cuda.is_available(), save_cpu_ram=True, verbose=False, batch_size=batch_size,

@@ -72,11 +72,17 @@ def reference(spec: str, cache_root: Path, features: str, download: bool = False
     if path.exists():
         stat = path.stat()
         tag = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-        return load_images(path), f"{path.stem}-{tag}"
-    if any(Path(cache_root).glob(f"*{spec}-{features}*")):
+        return load_images(path, reference=True), f"{path.stem}-{tag}"
+    root = Path(cache_root)
+    if root.is_dir() and any(f"{spec}-{features}" in p.name for p in root.iterdir()):  # literal, never a pattern
         return None, spec
     raise OnestepError(f"--ref {spec}: neither images ({', '.join(NAMED)}, a folder, .npy or .npz) nor statistics "
                        f"cached under that name in {cache_root}")
+
+
+def _shape(x: torch.Tensor) -> str:
+    c, h, w = x.shape[1:]
+    return f"{h}x{w} {'grey' if c == 1 else 'RGB' if c == 3 else f'{c}-channel'}"
 
 
 def default_features(images: torch.Tensor) -> str:
@@ -93,11 +99,16 @@ def evaluate(samples: torch.Tensor, ref: str, features: str | None = None, metri
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise OnestepError(f"--metrics: unknown {sorted(unknown)} (valid: {', '.join(METRICS)})")
+    samples = load_images(samples)  # (a tensor, or a file or folder of them)
     features = features or default_features(samples)
     cache_root = Path(cache_root or DEFAULT_CACHE_ROOT)
     ref_images, name = reference(ref, cache_root, features, download)
     if ref_images is None:  # cached statistics: torch-fidelity reads them without touching the images
         ref_images = torch.zeros(1, *samples.shape[1:])
+    elif ref_images.shape[2:] != samples.shape[2:] or not {ref_images.shape[1], samples.shape[1]} <= {1, 3}:
+        # (grey and RGB compare as RGB: grey images are repeated to three channels)
+        raise OnestepError(f"--ref {ref}: its images are {_shape(ref_images)} but the samples are {_shape(samples)}; "
+                           f"compare like with like (resize the reference on purpose first)")
     out = compute_metrics(samples, ref_images, features, tuple(metrics), reference_name=name, cache_root=cache_root,
                           weights=weights, batch_size=batch_size, kid_subset_size=min(1000, len(samples)))
     return {"features": features, "reference": ref, **out}

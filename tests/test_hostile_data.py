@@ -1,0 +1,88 @@
+"""Real data checked at the door (issue 22, item 3): a data set or evaluation reference that is
+empty, non-finite, out of range, unreadable, of mixed sizes or of another shape than the samples
+is refused in one line; --ref is a literal name, never a pattern."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _tiny import save_pixel_pipeline
+
+from onestep.cli import main
+from onestep.errors import OnestepError, OnestepWarning
+from onestep.evaluation import score
+
+
+@pytest.fixture(scope="module")
+def pixel_teacher(tmp_path_factory):
+    from diffusers import DDPMScheduler
+
+    return save_pixel_pipeline(tmp_path_factory.mktemp("t") / "teacher", DDPMScheduler())
+
+
+def _distill(tmp_path, teacher, dataset, **objective):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"teacher": {"kind": "diffusers", "path": teacher},
+                                   "objective": objective or {"name": "f_distill", "f": "js"},
+                                   "data": {"dataset": str(dataset)},
+                                   "train": {"steps": 1, "batch_size": 2, "checkpoint_every": 1, "progress": False}}))
+    return main(["distill", "--config", str(cfg), "--output", str(tmp_path / "run")])
+
+
+BAD_ARRAYS = [
+    ("nan", np.full((4, 8, 8, 3), np.nan, dtype=np.float32), "NaN or infinite"),
+    ("0-255 floats", np.full((4, 8, 8, 3), 200.0, dtype=np.float32), "outside the documented [-1, 1]"),
+    ("no images", np.zeros((0, 8, 8, 3), dtype=np.uint8), "holds no images"),
+]
+
+
+@pytest.mark.parametrize("name,x,fragment", BAD_ARRAYS, ids=[b[0] for b in BAD_ARRAYS])
+def test_a_bad_npz_data_set_is_refused_before_anything_is_written(tmp_path, capsys, pixel_teacher, name, x, fragment):
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x)
+    assert _distill(tmp_path, pixel_teacher, data) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unused_data_set_is_named_in_a_warning(tmp_path, pixel_teacher):
+    with pytest.warns(OnestepWarning, match="data.dataset 'imagenet' is not read"):
+        assert _distill(tmp_path, pixel_teacher, "imagenet", name="dmd") == 0
+
+
+SAMPLES = torch.zeros(6, 1, 8, 8)
+
+
+def _refused(fragment, ref, samples=SAMPLES, tmp_path=None):
+    with pytest.raises(OnestepError, match=fragment) as info:
+        score.evaluate(samples, str(ref), "digits", ("fid",), cache_root=tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_eval_reference_folders_are_read_or_refused_by_name(tmp_path):
+    from PIL import Image
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("not an image")
+    _refused("notes.txt is not an image", junk, tmp_path=tmp_path)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.new("L", (8, 8)).save(mixed / "a.png")
+    Image.new("L", (9, 9)).save(mixed / "b.png")
+    _refused("differ in size", mixed, tmp_path=tmp_path)
+
+
+def test_eval_reference_of_another_shape_or_with_nans_is_refused(tmp_path):
+    rgb = tmp_path / "rgb.npy"
+    np.save(rgb, np.zeros((6, 3, 32, 32), dtype=np.uint8))
+    _refused("32x32 RGB but the samples are 8x8 grey", rgb, tmp_path=tmp_path)
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((6, 1, 8, 8), np.nan, dtype=np.float32))
+    _refused("NaN or infinite", nan, tmp_path=tmp_path)
+
+
+def test_eval_ref_is_a_literal_name_never_a_pattern(tmp_path):
+    (tmp_path / "digits-digits-stats.npz").write_bytes(b"cached")
+    _refused("neither images", "dig*", tmp_path=tmp_path)

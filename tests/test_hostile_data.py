@@ -86,3 +86,31 @@ def test_eval_reference_of_another_shape_or_with_nans_is_refused(tmp_path):
 def test_eval_ref_is_a_literal_name_never_a_pattern(tmp_path):
     (tmp_path / "digits-digits-stats.npz").write_bytes(b"cached")
     _refused("neither images", "dig*", tmp_path=tmp_path)
+
+
+def test_weak_messages_are_one_clear_line(tmp_path, capsys):
+    """Issue 22's weak messages: a directory as --config, f_alpha without f: alpha, a dangling link
+    as --output, a resume after changing the objective names objective.name first, a dry run that
+    fits no GPU says so."""
+    from conftest import SMALL_GMM
+
+    def one_line(argv, fragment):
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+
+    one_line(["distill", "--config", tmp_path, "--output", tmp_path / "r"], "is a directory; give a YAML file")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**SMALL_GMM, "objective": {"name": "f_distill", "f": "js", "f_alpha": 0.5}}))
+    one_line(["distill", "--config", cfg, "--output", tmp_path / "r", "--dry-run"], "only used with objective.f: alpha")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere")
+    cfg.write_text(yaml.safe_dump({**SMALL_GMM, "train": {**SMALL_GMM["train"], "steps": 1, "checkpoint_every": 1}}))
+    one_line(["distill", "--config", cfg, "--output", link], "dangling symbolic link")
+    assert main(["distill", "--config", str(cfg), "--output", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    one_line(["distill", "--config", cfg, "--output", tmp_path / "run", "--resume", "latest", "--set",
+              "objective.name=sid"], "config differs in objective.name")
+    assert main(["distill", "--config", str(cfg), "--output", "unused", "--dry-run", "--set",
+                 "train.batch_size=200000000"]) == 0
+    assert "# warning: more than one GPU holds" in capsys.readouterr().out

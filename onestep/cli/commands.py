@@ -168,6 +168,8 @@ def cmd_eval(args) -> int:
         if value < 2:
             raise OnestepError(f"{flag} must be at least 2, got {value}")
     out = writable_file(args.output, "--output", (".json",)) if args.output else None
+    if args.run:  # checked before the evaluation, not after it
+        writable_file(Path(args.run) / "eval.json", "the run's eval.json", (".json",))
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.run:
         images = score.run_samples(args.run, args.ema, args.num_samples, args.seed, args.batch_size)

@@ -114,6 +114,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def read_yaml(path: str | Path) -> dict:
     """A YAML file's top-level mapping; one-line errors for a missing, undecodable or invalid file."""
     path = Path(path)
+    if path.is_dir():
+        raise OnestepError(f"config file {path} is a directory; give a YAML file (e.g. configs/digits.yaml)")
     if not path.is_file():
         raise OnestepError(f"config file not found: {path}")
     try:

@@ -81,7 +81,11 @@ def build_objective(data: Any, stored: bool = False) -> ObjectiveConfig:
             valid = ", ".join(list(GENERAL_OBJECTIVE_KEYS) + names)
             raise OnestepError(f"unknown config key 'objective.{k}' (valid keys here: {valid})")
     params = schema.build(spec.params, own, "objective")
-    cfg.params = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()}
+    if "f_alpha" in own and getattr(params, "f", None) != "alpha" and not stored:  # (even at its default)
+        raise OnestepError(f"config key 'objective.f_alpha' is only used with objective.f: alpha (here f: "
+                           f"{getattr(params, 'f', None)}); drop it or set f: alpha")
+    cfg.params = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()
+                  if not (k == "f_alpha" and getattr(params, "f", None) != "alpha")}  # (written only where it acts)
     return cfg
 
 

@@ -24,6 +24,9 @@ def _first_existing(path: Path) -> Path:
 def writable_dir(path, what: str) -> Path:
     """``path`` is, or can be created as, a directory this process may write in."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise OnestepError(f"{what} {path} is a dangling symbolic link (to {os.readlink(path)}); remove it or "
+                           f"choose another path")
     if path.exists() and not path.is_dir():
         raise OnestepError(f"{what} {path} is a file, not a directory; choose another path")
     base = _first_existing(path)

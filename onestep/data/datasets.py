@@ -17,13 +17,14 @@ channel count (grey <-> RGB) and mapped to [-1, 1]; latent teachers get them enc
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..errors import OnestepError
+from ..errors import OnestepError, OnestepWarning
 from .sources import TensorSource
 
 BUNDLED = ("digits", "digits16")  # shipped with the package (scikit-learn)
@@ -181,4 +182,7 @@ def dataset_source(name: str, teacher, split: str = "train", root=None, download
     if teacher.num_classes:
         raise OnestepError(f"config key 'data.dataset': the teacher is class-conditional but '{name}' has no "
                            f"labels (use class subfolders or a 'y' array)")
+    if y is not None:
+        warnings.warn(f"data.dataset '{name}': its labels are not used (the teacher is unconditional)",
+                      OnestepWarning, stacklevel=2)
     return TensorSource(x, None)

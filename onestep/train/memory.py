@@ -36,6 +36,7 @@ from ..errors import OnestepError
 from ..teachers import kinds
 
 GIB = 2.0**30
+LARGEST_GPU = 139 * GIB  # an H200 (141 GB): beyond it no single GPU runs the config
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # token lengths of the prompt embeddings the stock pipelines make (CLIP 77; SD3: 77 CLIP + 256 T5;
 # PixArt-Sigma: 300 T5 tokens)
@@ -61,6 +62,10 @@ class Estimate:
                  f"denoiser {self.denoiser_params / 1e6:.1f}M parameters):"]
         lines += [f"#   {name:<46} {_size(b)}" for name, b in self.rows]
         lines.append(f"#   {'total':<46} {_size(self.total)}  (+ CUDA context, workspace, fragmentation)")
+        if self.total > LARGEST_GPU:
+            lines.append(f"# warning: more than one GPU holds ({_size(LARGEST_GPU).strip()} on an H200): lower "
+                         f"train.batch_size, set train.gradient_checkpointing, or shard over more processes "
+                         f"(train.sharding: fsdp)")
         return "\n".join(lines)
 
 

@@ -149,9 +149,11 @@ def check_resumable(saved: dict, now: config_mod.Config, path: Path) -> None:
     except OnestepError:
         pass
     diffs = [k for k in _flat_diff(saved, current) if k not in RESUMABLE_CHANGES]
+    diffs.sort(key=lambda k: (k != "objective.name", k.count("."), k))  # the objective itself first
     if diffs:
         raise OnestepError(
-            f"cannot resume from {path}: the config differs in {', '.join(diffs[:5])}; "
+            f"cannot resume from {path}: the config differs in {', '.join(diffs[:5])}"
+            f"{f' and {len(diffs) - 5} more' if len(diffs) > 5 else ''}; "
             f"use the run's own config.yaml or a new --output directory"
         )
 

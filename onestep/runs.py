@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import config as config_mod
 from .core.io import load_safetensors, unpack_module
-from .core.rundir import NETWORK_FILE, latest_checkpoint
+from .core.rundir import NETWORK_FILE, latest_checkpoint, latest_valid_checkpoint
 from .core.tensors import cycled_labels, take_rows
-from .errors import OnestepError
+from .errors import OnestepError, OnestepWarning
 from .nets.generator import OneStepGenerator
 from .nets.spec import build_network
 from .portable.edm_form import decode_latents
@@ -20,12 +21,18 @@ from .teachers.diffusers import load_components, read_prompts
 
 
 def resolve_checkpoint(run_dir: str | Path) -> Path:
+    """The newest sound checkpoint of a run; a damaged newer one is skipped with a one-line warning."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise OnestepError(f"run directory not found: {run_dir}")
-    path = latest_checkpoint(run_dir)
-    if path is None:
+    if latest_checkpoint(run_dir) is None:
         raise OnestepError(f"no checkpoint in {run_dir}/checkpoints; has `onestep distill` run there?")
+    path, skipped = latest_valid_checkpoint(run_dir)
+    for bad, why in skipped:
+        warnings.warn(f"skipping {bad.name}: {why}", OnestepWarning, stacklevel=2)
+    if path is None:
+        raise OnestepError(f"no sound checkpoint in {run_dir}/checkpoints ({len(skipped)} damaged: "
+                           f"{skipped[0][1]})")
     return path
 
 

@@ -8,6 +8,7 @@ file. Nothing is pickled: tensors go to safetensors, everything else to JSON.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -18,13 +19,29 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from ..errors import OnestepError
 
+DIGEST_KEY = "tensor_digest"  # metadata key of every file atomic_save writes
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order: what a file's
+    tensors were when written (``load_safetensors`` recomputes it)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """``save_file`` to ``path`` via a temporary file and ``os.replace``."""
+    """``save_file`` to ``path`` via a temporary file and ``os.replace``; the tensors' digest is
+    recorded in the metadata (``DIGEST_KEY``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), DIGEST_KEY: tensor_digest(tensors)}
     try:
         try:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -79,7 +96,8 @@ def _fsync_dir(directory: Path) -> None:
 
 def load_safetensors(path: Path, select=None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors (those whose names ``select`` accepts, default all) and metadata of a safetensors
-    file; a clear error if missing or corrupt."""
+    file; a clear error if missing or corrupt, or (a whole file read) if its tensors differ from
+    the digest recorded when it was written."""
     path = Path(path)
     if not path.is_file():
         raise OnestepError(f"weights file not found: {path}")
@@ -92,6 +110,8 @@ def load_safetensors(path: Path, select=None) -> tuple[dict[str, torch.Tensor], 
             tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise OnestepError(f"cannot read {path}: not a valid safetensors file ({exc})") from None
+    if select is None and DIGEST_KEY in metadata and tensor_digest(tensors) != metadata[DIGEST_KEY]:
+        raise OnestepError(f"{path} is damaged: its tensors differ from the digest recorded when it was written")
     return tensors, metadata
 
 
@@ -185,6 +205,7 @@ def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
     tmp = output.with_name(output.name + ".partial")
     if tmp.is_dir():  # the leftover of an interrupted write (paths.new_output_dir checked it)
         shutil.rmtree(tmp)
+    from ..portable.integrity import write_checksums
     from ..portable.pipeline import write_remote_code  # (imports diffusers: only when writing one)
 
     try:
@@ -192,6 +213,7 @@ def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
         write_remote_code(tmp, type(pipe).__name__)
         if write_extra is not None:
             write_extra(tmp)
+        write_checksums(tmp)  # verified by every load of the directory (portable.integrity)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

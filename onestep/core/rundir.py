@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from ..errors import OnestepError
-from .io import safetensors_header
+from .io import DIGEST_KEY, load_safetensors, safetensors_header
 
 CONFIG_FILE = "config.yaml"
 NETWORK_FILE = "network.json"
@@ -58,14 +58,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-CHECKPOINT_FORMATS = ("onestep-checkpoint-1", "onestep-checkpoint-2")
+CHECKPOINT_FORMATS = ("onestep-checkpoint-1", "onestep-checkpoint-2", "onestep-checkpoint-3")
 
 
 def checkpoint_problem(path: Path) -> str | None:
-    """Why ``path`` is not a usable onestep checkpoint (None if it looks sound): unreadable,
-    torn, or without onestep's metadata."""
+    """Why ``path`` is not a usable onestep checkpoint (None if it is sound): unreadable, torn,
+    without onestep's metadata, or (format 3 on) tensors that differ from their recorded digest."""
     try:
         _, meta = safetensors_header(path)
+        if DIGEST_KEY in meta:
+            load_safetensors(path)  # reads every tensor and checks the digest
     except OnestepError as exc:
         return str(exc)
     try:

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("edm_form.py", "scheduler.py", "prompts.py", "pipeline.py")
+SOURCES = ("edm_form.py", "scheduler.py", "prompts.py", "integrity.py", "pipeline.py")
 
 
 def _parts(source: str) -> tuple[str, list[str], str]:

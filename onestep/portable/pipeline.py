@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover
     CLIPTextModel = CLIPTextModelWithProjection = CLIPTokenizer = T5EncoderModel = T5TokenizerFast = None
 
 from .edm_form import call_unet, decode_latents, denoise, heun_sample, index_seed, karras_sigma
+from .integrity import verify_loaded
 from .prompts import encode_prompts, encode_text, stock_pipeline_name
 from .scheduler import OneStepScheduler
 
@@ -114,6 +115,7 @@ class OneStepPipeline(DiffusionPipeline):
         super().__init__()
         if (unet is None) == (transformer is None):
             raise ValueError("give the generator network as `unet` or as `transformer` (exactly one)")
+        verify_loaded(unet, transformer, vae)  # a directory onestep wrote: its recorded checksums
         self.register_modules(unet=unet, transformer=transformer, scheduler=scheduler, vae=vae,
                               text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                               tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
@@ -303,6 +305,7 @@ class EDMPipeline(DiffusionPipeline):
 
     def __init__(self, unet, scheduler):
         super().__init__()
+        verify_loaded(unet)  # a directory onestep wrote: its recorded checksums
         self.register_modules(unet=unet, scheduler=scheduler)
         self.image_processor = VaeImageProcessor(do_resize=False)
 

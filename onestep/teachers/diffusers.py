@@ -24,6 +24,7 @@ from ..errors import OnestepError
 from ..nets.attention import apply_attention
 from ..nets.diffusers_unet import DiffusersDenoiser, parameterization_of
 from ..portable.edm_form import decode_latents
+from ..portable.integrity import verify_checksums
 from ..portable.prompts import TEXT_PARTS
 from .base import Teacher
 
@@ -152,6 +153,10 @@ def load_components(path: str, unet_subfolder: str | None = None, dtype: torch.d
     """
     local = resolve_pipeline(path)
     index = read_index(local)
+    try:  # a directory onestep wrote (a trained teacher, an export) records its weights' sha256
+        verify_checksums(local)
+    except ValueError as exc:
+        raise OnestepError(str(exc)) from None
     denoiser = "transformer" if "transformer" in index and "unet" not in index else "unet"
     if ("unet" in names and denoiser not in index) or ("scheduler" in names and "scheduler" not in index):
         found = ", ".join(k for k in index if not k.startswith("_"))

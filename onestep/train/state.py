@@ -14,6 +14,7 @@ import torch
 
 from .. import config as config_mod
 from ..core.io import (
+    DIGEST_KEY,
     atomic_write_text,
     load_safetensors,
     pack_optimizer,
@@ -27,7 +28,7 @@ from ..core.rundir import STATS_FILE
 from ..errors import OnestepError
 from . import sharding
 
-FORMAT = "onestep-checkpoint-2"  # 2: the discriminator's tensors are "discriminator.*"
+FORMAT = "onestep-checkpoint-3"  # 2: the discriminator's tensors are "discriminator.*"; 3: a tensor digest
 # Config keys that may differ between a run and its resumption.
 # (learning rates may change: the way out of a divergence abort is to resume with lower ones)
 RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.log_every", "train.progress",
@@ -79,7 +80,7 @@ def restore(trainer, path: Path) -> None:
     select = None if main or not sharded else (lambda key: key.split(".", 1)[0] not in sharded)
     tensors, raw = load_safetensors(path, select)
     try:
-        meta = {k: json.loads(v) for k, v in raw.items()}
+        meta = {k: json.loads(v) for k, v in raw.items() if k != DIGEST_KEY}
         saved_config, layouts = meta["config"], meta["optimizers"]
     except (ValueError, KeyError):
         raise OnestepError(f"{path} is not an onestep checkpoint (its metadata is not the run's JSON config, "

@@ -103,3 +103,21 @@ def test_digest_cost_on_a_demo_sized_checkpoint():
     assert tensor_digest(dict(reversed(tensors.items()))) == first  # order-independent
     tensors["w0"][0, 0] += 1e-7
     assert tensor_digest(tensors) != first
+
+
+def test_class_labels_as_tensors_lists_or_ints(tmp_path):
+    """DiT users pass class_labels as a tensor (issue 23 item 5): tensors, lists and ints give the
+    same images; an out-of-range label is refused in one line."""
+    from onestep.portable.pipeline import EDMPipeline, label_list
+    from onestep.resources import DIGITS_TEACHER
+
+    assert label_list(torch.tensor([1, 2]), 10) == label_list([1, 2], 10) == [1, 2] and label_list(3, 10) == [3]
+    pipe = EDMPipeline.from_pretrained(DIGITS_TEACHER)
+
+    def run(labels):
+        return pipe(class_labels=labels, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                    output_type="latent").images
+
+    assert torch.equal(run(torch.tensor([1, 2])), run([1, 2]))
+    with pytest.raises(ValueError, match="class label 12 is out of range: this pipeline has classes 0..9"):
+        run(torch.tensor([1, 12]))

@@ -429,6 +429,28 @@ def write_remote_code(directory: Path, pipeline_class: str) -> None:
     index_path.write_text(json.dumps(index, indent=2))
 
 
+def label_list(class_labels, num_classes: int | None) -> list[int]:
+    """Class labels as diffusers users pass them (an int, a list or tuple, a tensor or array of
+    any shape) as a list of ints, each checked against ``num_classes`` (one-line ``ValueError``)."""
+    if torch.is_tensor(class_labels) or hasattr(class_labels, "tolist"):
+        class_labels = class_labels.tolist()
+    if not isinstance(class_labels, (list, tuple)):
+        class_labels = [class_labels]
+    flat = []
+    for c in class_labels:
+        flat += c if isinstance(c, (list, tuple)) else [c]
+    try:
+        labels = [int(c) for c in flat]
+    except (TypeError, ValueError):
+        raise ValueError(f"class labels must be integers, got {class_labels!r}") from None
+    if any(float(c) != int(c) for c in flat if isinstance(c, float)):
+        raise ValueError(f"class labels must be integers, got {class_labels!r}")
+    bad = [c for c in labels if num_classes and not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"class label {bad[0]} is out of range: this pipeline has classes 0..{num_classes - 1}")
+    return labels
+
+
 class OneStepPipeline(DiffusionPipeline):
     r"""A one-step generator: one network evaluation per image.
 
@@ -573,14 +595,12 @@ class OneStepPipeline(DiffusionPipeline):
         if negative_prompt is not None:
             raise ValueError("negative_prompt needs classifier-free guidance, which this guidance-free student does not use")
         if class_labels is not None:
-            labels = [int(c) for c in (class_labels if isinstance(class_labels, (list, tuple)) else [class_labels])]
             config = self.network.config
             num_classes = getattr(config, "num_class_embeds", None) or (
                 getattr(config, "num_embeds_ada_norm", None) if self.transformer is not None else None)
             if not num_classes:
                 raise ValueError("this pipeline is unconditional: drop `class_labels`")
-            if any(not 0 <= c < num_classes for c in labels):
-                raise ValueError(f"class labels must be in [0, {num_classes})")
+            labels = label_list(class_labels, num_classes)
             labels = [c for c in labels for _ in range(num_images_per_prompt)]
             return torch.tensor(labels, device=device, dtype=torch.long), len(labels)
         return None, batch_size * num_images_per_prompt
@@ -597,7 +617,7 @@ class OneStepPipeline(DiffusionPipeline):
     def __call__(
         self,
         prompt: str | list[str] | None = None,
-        class_labels: int | list[int] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
         batch_size: int = 1,
         height: int | None = None,
         width: int | None = None,
@@ -681,7 +701,7 @@ class EDMPipeline(DiffusionPipeline):
         device = self.unet.device
         cond = None
         if class_labels is not None:
-            cond = torch.tensor([int(v) for v in class_labels], device=device, dtype=torch.long)
+            cond = torch.tensor(label_list(class_labels, c.num_class_embeds), device=device, dtype=torch.long)
             batch_size = len(cond)
         steps = torch.linspace(0.0, 1.0, num_inference_steps, dtype=torch.float64)
         sigmas = karras_sigma(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).flip(0).tolist() + [0.0]

@@ -1,7 +1,8 @@
 """Every eval/ script runs at a tiny budget and prints its figure, so none breaks silently.
 
 ``gpu_check.sh`` needs a GPU; ``fid.py`` runs in test_watch_and_eval.py (with the stand-in
-Inception weights) and test_hostile.py. A new script fails ``test_every_script_has_a_smoke_run``
+Inception weights) and test_hostile.py; ``teacher_eval.py`` in test_fashion.py (on a tiny
+Fashion-MNIST teacher); ``train_fashion_features.py`` below, in-process on a subset. A new script fails ``test_every_script_has_a_smoke_run``
 until it gets a case here.
 """
 
@@ -17,14 +18,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT / "eval"
-ELSEWHERE = {"fid.py"}
+ELSEWHERE = {"fid.py", "teacher_eval.py"}
 
 # script -> (arguments, text its output must contain); {tmp} is the test's directory
 CASES = {
     "bench_attention.py": (["--batch", "1", "--repeats", "1"], "time/math"),
     "bench_step.py": (["--teacher", "configs/digits.yaml", "--objectives", "dmd,uni_instruct:js", "--batch", "8",
                        "--repeats", "1"], "worst iteration / sum-of-passes"),
-    "digits_benchmark.py": (["--output", "{tmp}/bench", "--eval-seeds", "0", "--num-samples", "16", "--set",
+    "benchmark_row.py": (["--output", "{tmp}/bench", "--eval-seeds", "0", "--num-samples", "16", "--set",
                              "train.steps=2", "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8",
                              "train.batch_size=8", "regression.batch_size=4"], '"fd_seed0"'),
     "gmm_objectives.py": (["--output", "{tmp}/gmm", "--steps", "2", "--only", "dmd", "--num-samples", "64",

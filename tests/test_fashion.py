@@ -234,3 +234,13 @@ def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_
         assert (out / name).is_file(), name
     assert (out / "pipeline" / "model_index.json").is_file()
     assert "| 1 |" in (out / "report.md").read_text()  # the per-seed table
+    # the same run scored as a row of the f grid (eval/benchmark_row.py --preset fashion --score-only)
+    spec = importlib.util.spec_from_file_location("benchmark_row", "eval/benchmark_row.py")
+    row_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(row_script)
+    capsys.readouterr()
+    assert row_script.main(["--preset", "fashion", "--output", str(out / "run"), "--score-only", "--eval-seeds", "0",
+                            "1", "--num-samples", "16"]) == 0
+    row = json.loads((out / "run" / "benchmark.json").read_text())
+    assert row["fd_seed0"] == pytest.approx(report["student"]["fd_by_seed"]["0"])
+    assert row["teacher_best"]["fd"] == stored["fd"] and row["features"] == "fashion"

@@ -1,0 +1,112 @@
+"""One row of a benchmark (docs/results.md "The discriminator on digits", and the Fashion-MNIST
+f grid): distill a preset's teacher with config overrides, then score the EMA generator's FD at
+evaluation seeds 0, 1 and 2 (eval/PROTOCOL.md: select on 1 and 2, report 0), with the
+discriminator's held-out accuracy and the spread of its log-ratio per sigma bin over the run's
+last five log lines, and the copy check at the first seed (nearest-training-image distances of
+the student's samples and of the teacher's at its best NFE, as in the demo report).
+
+    python eval/benchmark_row.py --config configs/digits-uni-instruct.yaml --output runs/bench/ui_js_s1 \\
+        --set train.steps=1000 objective.f=js gan.weight=0.1 train.seed=1
+    python eval/benchmark_row.py --output runs/bench/ui_js_s1 --score-only   # a finished run
+    python eval/benchmark_row.py --preset fashion --output runs/fashion-grid/fd_js --eval-seeds 1 2 \\
+        --set objective.f=js
+
+Presets (``onestep.demo.PRESETS``): ``digits`` (FD-digits on 1,000 samples against all digits,
+teacher at NFE 31) and ``fashion`` (FD-fashion on 5,000 samples against the 10,000 test images;
+the teacher's best NFE, FD and copy-check distances from its stored evaluation).
+
+An interrupted row resumes from its last checkpoint. Prints one JSON line and writes it to
+``OUTPUT/benchmark.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from onestep import build_teacher, build_trainer, load_config, load_generator
+from onestep.core.rundir import latest_checkpoint
+from onestep.data.datasets import load_named
+from onestep.demo import PRESETS
+from onestep.errors import OnestepError
+from onestep.evaluation.copy_check import copy_report
+from onestep.evaluation.fd import FDScorer
+from onestep.evaluation.nfe import student_samples, teacher_samples_at
+from onestep.evaluation.plots import read_stats
+from onestep.evaluation.teacher_eval import read_evaluation
+
+DIGITS_TEACHER_NFE = 31  # the digits teacher's best Heun setting (docs/results.md, make demo)
+
+
+def discriminator_summary(stats: list[dict], last: int = 5) -> dict:
+    """Mean held-out accuracy, head loss and per-bin log-ratio spread over the last log lines."""
+    rows = [r for r in stats if "disc_acc_heldout" in r][-last:]
+    if not rows:
+        return {}
+    mean = statistics.fmean
+    out = {"disc_acc_heldout": mean(r["disc_acc_heldout"] for r in rows),
+           "loss_disc": mean(r["loss_disc"] for r in rows if "loss_disc" in r) if "loss_disc" in rows[0] else None}
+    if "logr_std" in rows[0]:
+        out["logr_std"] = [mean(r["logr_std"][i] for r in rows) for i in range(len(rows[0]["logr_std"]))]
+    h = [r["h_max"] for r in stats if "h_max" in r]
+    out["h_max"] = max(h) if h else None
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="digits")
+    ap.add_argument("--config", default=None, help="default: the preset's bundled config")
+    ap.add_argument("--output", required=True, help="the run directory")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--eval-seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--num-samples", type=int, default=None, help="default: the preset's (1,000 digits, 5,000 fashion)")
+    ap.add_argument("--score-only", action="store_true", help="score a finished run, do not train")
+    args = ap.parse_args(argv)
+
+    preset = PRESETS[args.preset]
+    n = args.num_samples or preset.num_samples
+    out = Path(args.output)
+    seconds = None
+    try:
+        if not args.score_only:
+            cfg = load_config(args.config or preset.config, ["train.progress=false", *args.set])
+            start = time.time()
+            build_trainer(cfg, out).fit(resume=latest_checkpoint(out))
+            seconds = time.time() - start
+        generator, cfg, step = load_generator(out, ema=True)
+        stored = read_evaluation(cfg.teacher.path, preset.teacher) if preset.teacher is not None else None
+        size = generator.network.sample_shape[-1]
+        name = "digits16" if preset.dataset == "digits" and size == 16 else preset.dataset
+        reference, train = load_named(name, "test")[0], load_named(name, "train")[0]
+    except OnestepError as exc:
+        print(f"benchmark_row: error: {exc}", file=sys.stderr)
+        return 2
+    scorer = FDScorer(reference, preset.features)
+    num_classes = generator.network.num_classes
+    row = {"preset": preset.name, "features": preset.features, "output": str(out), "overrides": args.set,
+           "step": step, "train_seconds": seconds, "num_samples": n}
+    for seed in args.eval_seeds:
+        x, _ = student_samples(generator, n, seed, num_classes)
+        row[f"fd_seed{seed}"] = scorer(x)
+        if seed == args.eval_seeds[0]:
+            if stored is not None:
+                row["copy_check"] = copy_report(x, stored["nearest_training_distance"], train)
+                row["teacher_best"] = {"nfe": stored["best_nfe"], "fd": stored["fd"]}
+            else:
+                teacher = build_teacher(cfg, progress=False)
+                x_teacher, _ = teacher_samples_at(teacher, cfg.schedule, DIGITS_TEACHER_NFE, n, seed)
+                row["copy_check"] = copy_report(x, x_teacher, train)
+    row.update(discriminator_summary(read_stats(out / "stats.jsonl")))
+    line = json.dumps(row)
+    print(line)
+    (out / "benchmark.json").write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -114,3 +114,22 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, capsys
     assert names == ["step-00000001.safetensors"]
     monkeypatch.setattr(io, "save_file", real)
     assert main(["distill", "--config", str(cfg), "--output", str(run), "--resume", "latest"]) == 0
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png"])
+def test_a_full_disk_while_writing_samples_leaves_no_partial_file(tmp_path, capsys, monkeypatch, pixel_run, suffix):
+    run, _ = pixel_run
+    out = tmp_path / f"samples{suffix}"
+    out.write_bytes(b"an earlier file of mine")
+    import numpy as np
+    from PIL import Image
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "save", full)
+    monkeypatch.setattr(Image.Image, "save", full)
+    assert main(["sample", "--run", str(run), "--output", str(out), "--num-samples", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: No space left on device" in err[0], err
+    assert out.read_bytes() == b"an earlier file of mine" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]

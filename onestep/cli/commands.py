@@ -102,6 +102,7 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from ..core.images import save_grid
+    from ..core.io import atomic_write
     from ..core.paths import writable_file
     from ..core.samplers import generate
     from ..runs import conditioning, default_device, load_generator
@@ -124,8 +125,8 @@ def cmd_sample(args) -> int:
     samples = generate(generator, args.num_samples, args.seed, tuple(network.sample_shape), cond_fn=cond_fn,
                        batch_size=args.batch_size, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, samples.numpy())
+    if out.suffix == ".npy":  # (written whole or not at all)
+        atomic_write(out, lambda tmp: np.save(tmp, samples.numpy()))
     else:
         nrow = args.nrow or (len(args.class_label) if args.class_label else None)
         if nrow is None and network.cond_kind == "class":

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io import atomic_write
+
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
@@ -37,8 +39,6 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, upscal
     h = x.shape[-1]
     upscale = upscale or max(1, 64 // h)
     grid = make_grid(x, nrow, upscale=upscale)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     mode = "L" if grid.shape[-1] == 1 else "RGB"
-    Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode).save(path)
-    return path
+    image = Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode)
+    return atomic_write(Path(path), lambda tmp: image.save(tmp, format="PNG"))

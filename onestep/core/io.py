@@ -81,6 +81,24 @@ def atomic_write_text(text: str, path: Path) -> None:
         raise
 
 
+def atomic_write(path: Path, write) -> Path:
+    """``write(tmp_path)`` to a temporary name beside ``path``, then rename it into place: a failed
+    write (a full disk) leaves the previous file, or none, and no partial one; errors name ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # (writers that key on the suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -19,7 +19,8 @@ import warnings
 
 import torch
 
-from onestep.nets.attention import BACKENDS, apply_attention
+from onestep import ATTENTION_BACKENDS as BACKENDS
+from onestep import apply_attention
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import torch
 
-from onestep import Trainer, build_trainer
+from onestep import Trainer, build_trainer, cat_cond, frozen, to_device
 from onestep import config as config_mod
-from onestep.core.modules import frozen
-from onestep.core.tensors import cat_cond, to_device
 
 OBJECTIVES = ["dmd", "sid", "sim", "diff_instruct", "f_distill:js", "uni_instruct:js"]
 

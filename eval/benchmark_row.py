@@ -28,16 +28,22 @@ import sys
 import time
 from pathlib import Path
 
-from onestep import build_teacher, build_trainer, load_config, load_generator
-from onestep.core.rundir import latest_checkpoint
-from onestep.data.datasets import load_named
-from onestep.demo import PRESETS
-from onestep.errors import OnestepError
-from onestep.evaluation.copy_check import copy_report
-from onestep.evaluation.fd import FDScorer
-from onestep.evaluation.nfe import student_samples, teacher_samples_at
-from onestep.evaluation.plots import read_stats
-from onestep.evaluation.teacher_eval import read_evaluation
+from onestep import (
+    PRESETS,
+    FDScorer,
+    OnestepError,
+    build_teacher,
+    build_trainer,
+    copy_report,
+    latest_checkpoint,
+    load_config,
+    load_generator,
+    load_named,
+    read_evaluation,
+    read_stats,
+    student_samples,
+    teacher_samples_at,
+)
 
 DIGITS_TEACHER_NFE = 31  # the digits teacher's best Heun setting (docs/results.md, make demo)
 

@@ -18,19 +18,24 @@ import sys
 
 import torch
 
-from onestep import OnestepError, OneStepPipeline, load_generator
-from onestep.core.tensors import cycled_labels
-from onestep.evaluation.fidelity import compute_metrics, make_reference
-from onestep.evaluation.nfe import student_samples
-from onestep.evaluation.score import evaluate
-from onestep.export import load_pipeline
+from onestep import (
+    OnestepError,
+    OneStepPipeline,
+    compute_metrics,
+    cycled_labels,
+    load_generator,
+    load_pipeline,
+    make_reference,
+    student_samples,
+)
+from onestep import evaluate_images as evaluate
 
 
 def _images(spec: str):
-    if spec in ("digits", "digits16"):
-        from onestep.data.datasets import load_digits
+    if spec in ("digits", "digits16", "fashion-mnist"):
+        from onestep import load_named
 
-        return load_digits(size=16 if spec == "digits16" else 8)[0]
+        return load_named(spec, "test")[0]
     return spec
 
 

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 
-from onestep import build_teacher, build_trainer
+from onestep import (
+    F_NAMES,
+    GaussianMixture,
+    OneStepGenerator,
+    build_teacher,
+    build_trainer,
+    generate,
+)
 from onestep import config as config_mod
-from onestep.core.samplers import generate
-from onestep.evaluation.gmm_metrics import evaluate_samples
-from onestep.nets.generator import OneStepGenerator
-from onestep.objectives import F_NAMES
-from onestep.teachers.gmm import GaussianMixture
+from onestep import evaluate_mixture_samples as evaluate_samples
 
 GAN_FOR_SIDA = 1e-2
 

@@ -129,8 +129,10 @@ def write_skeleton(root: Path, spec: dict) -> Path:
 
 
 def main() -> None:
+    from onestep import GIB
     from onestep import config as config_mod
-    from onestep.train.memory import GIB, estimate, skeleton
+    from onestep import memory_estimate as estimate
+    from onestep import teacher_skeleton as skeleton
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 8])

@@ -14,14 +14,18 @@ from pathlib import Path
 
 import torch
 
-from onestep import build_teacher, load_generator
+from onestep import (
+    FDScorer,
+    build_teacher,
+    default_features,
+    load_generator,
+    load_named,
+    nfe_sweep,
+    save_fd_plot,
+    save_grid,
+    student_samples,
+)
 from onestep import config as config_mod
-from onestep.core.images import save_grid
-from onestep.data.datasets import load_named
-from onestep.evaluation.fd import FDScorer
-from onestep.evaluation.nfe import nfe_sweep, student_samples
-from onestep.evaluation.plots import save_fd_plot
-from onestep.evaluation.score import default_features
 
 
 def main(argv=None) -> int:

@@ -15,16 +15,17 @@ import sys
 
 import torch
 
-from onestep import OnestepError, build_teacher
-from onestep import config as config_mod
-from onestep.data.datasets import load_named
-from onestep.evaluation.score import default_features
-from onestep.evaluation.teacher_eval import (
+from onestep import (
+    OnestepError,
     TeacherProtocol,
+    build_teacher,
+    default_features,
     evaluate_teacher,
+    load_named,
     save_teacher_grid,
     write_evaluation,
 )
+from onestep import config as config_mod
 
 
 def main(argv=None) -> int:

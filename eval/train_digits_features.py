@@ -16,10 +16,8 @@ from pathlib import Path
 
 import torch
 
-from onestep.core.io import atomic_save
-from onestep.data.datasets import load_digits
-from onestep.evaluation.classifier_training import accuracy, train_classifier
-from onestep.evaluation.digits_features import DigitsClassifier
+from onestep import DigitsClassifier, atomic_save, load_named, train_classifier
+from onestep import classifier_accuracy as accuracy
 
 
 def main(argv=None) -> int:
@@ -30,7 +28,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
-    x, y = load_digits()
+    x, y = load_named("digits")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
     cut = int(0.8 * len(x))
     train, test = perm[:cut], perm[cut:]

@@ -18,11 +18,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from onestep.core.io import atomic_save, atomic_write_text
-from onestep.data.fashion import load_fashion_mnist
-from onestep.errors import OnestepError
-from onestep.evaluation.classifier_training import accuracy, train_classifier
-from onestep.evaluation.fashion_features import FashionClassifier
+from onestep import (
+    FashionClassifier,
+    OnestepError,
+    atomic_save,
+    atomic_write_text,
+    load_fashion_mnist,
+    train_classifier,
+)
+from onestep import classifier_accuracy as accuracy
 
 
 def main(argv=None) -> int:

@@ -83,3 +83,20 @@ def test_train_fashion_features_runs_on_a_subset(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
     missing = module.main(["--output", str(tmp_path / "x.safetensors"), "--data-root", str(tmp_path / "nowhere")])
     assert missing == 2 and not (tmp_path / "x.safetensors").exists()
+
+
+def test_scripts_use_the_public_api():
+    """The eval/ scripts import onestep's public names only (``from onestep import ...``, and the
+    config module), so the package's internals can move without breaking them."""
+    import ast
+
+    import onestep
+
+    for path in EVAL.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("onestep"):
+                assert node.module == "onestep", f"{path.name}: from {node.module} import ..."
+                for alias in node.names:
+                    assert alias.name == "config" or alias.name in onestep.__all__, f"{path.name}: {alias.name}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("onestep.") for a in node.names), path.name

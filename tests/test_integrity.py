@@ -121,3 +121,22 @@ def test_class_labels_as_tensors_lists_or_ints(tmp_path):
     assert torch.equal(run(torch.tensor([1, 2])), run([1, 2]))
     with pytest.raises(ValueError, match="class label 12 is out of range: this pipeline has classes 0..9"):
         run(torch.tensor([1, 12]))
+
+
+def test_a_checkpoint_of_the_previous_format_still_resumes(run):
+    """Format 2 (before the digest and the named checkpoint objects) has the same tensors and
+    metadata keys: it resumes, and the next checkpoint is written in format 3."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    run_dir, cfg = run
+    for path in (run_dir / "checkpoints").iterdir():
+        tensors, meta = load_file(path), dict(safetensors_header(path)[1])
+        meta.pop(DIGEST_KEY)
+        meta["format"] = json.dumps("onestep-checkpoint-2")
+        save_file(tensors, str(path), metadata=meta)
+    assert main(["distill", "--config", str(cfg), "--output", str(run_dir), "--resume", "latest",
+                 "--set", "train.steps=3"]) == 0
+    newest = run_dir / "checkpoints" / "step-00000003.safetensors"
+    assert json.loads(safetensors_header(newest)[1]["format"]) == "onestep-checkpoint-3"

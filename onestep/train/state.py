@@ -1,4 +1,5 @@
-"""A trainer's whole state as one checkpoint: networks, EMA, optimizers, RNG, counters, config.
+"""A run's whole state as one checkpoint: named objects (networks, EMA, optimizers, RNG, counters)
+plus the config.
 
 The tensors go to safetensors; the config, step, optimizer layout and counters to JSON in its
 metadata (``core.io``). ``check_resumable`` refuses a resume whose config differs in anything
@@ -8,9 +9,11 @@ but the keys of ``RESUMABLE_CHANGES``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .. import config as config_mod
 from ..core.io import (
@@ -45,38 +48,79 @@ def _optimizer(opt):
     return opt.optimizer if hasattr(opt, "optimizer") else opt  # accelerate's wrapper
 
 
-def pack(trainer) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, JSON-able metadata) of ``trainer``'s state."""
+class Counters:
+    """The loop's counters, a checkpointed object: the step, non-finite steps skipped, fp16 overflows."""
+
+    def __init__(self):
+        self.step = self.nonfinite_total = self.overflow_total = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "nonfinite_total": self.nonfinite_total, "overflow_total": self.overflow_total}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.step = int(saved["step"])
+        self.nonfinite_total, self.overflow_total = int(saved["nonfinite_total"]), int(saved["overflow_total"])
+
+
+class GeneratorState:
+    """Torch's global RNGs and named ``torch.Generator``s as one checkpointed object (tensors ``rng.*``)."""
+
+    def __init__(self, generators: dict[str, torch.Generator]):
+        self.generators = generators
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return rng_tensors("rng", self.generators)
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        restore_rng("rng", tensors, self.generators)
+
+
+@dataclass
+class CheckpointState:
+    """What a checkpoint holds, by name (EDM2's and accelerate's way: named objects, not a loop's
+    attributes): modules (saved whole; gathered when sharded), optimizers with the module that owns
+    their sharded parameters (None unsharded), and objects with ``state_dict``/``load_state_dict``."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, tuple[object, nn.Module | None]]
+    counters: Counters
+    rng: GeneratorState
+    scaler: object | None = None  # accelerate's fp16 GradScaler
+
+
+def pack(st: CheckpointState, record) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, JSON-able metadata) of a run's state; ``record``: the run's config."""
     tensors = {}
-    for name, module in trainer.modules_to_save().items():  # gathered if sharded: a collective
+    for name, module in st.modules.items():  # gathered if sharded: a collective
         tensors.update({f"{name}.{k}": v for k, v in sharding.module_state(module).items()})
     layouts = {}
-    for name, opt in trainer.optimizers().items():
-        t, layout = pack_optimizer(name, sharding.optimizer_state(_optimizer(opt), trainer.optimizer_owner(name)))
+    for name, (opt, owner) in st.optimizers.items():
+        t, layout = pack_optimizer(name, sharding.optimizer_state(_optimizer(opt), owner))
         tensors.update(t)
         layouts[name] = layout
-    tensors.update(rng_tensors("rng", {"train": trainer.rng}))
-    scaler = trainer.acc.scaler
+    tensors.update(st.rng.state_dict())
+    counters = st.counters.state_dict()
     meta = {
-        "step": trainer.step,
-        "config": config_mod.to_dict(trainer.record),
+        "step": counters["step"],
+        "config": config_mod.to_dict(record),
         "optimizers": layouts,
-        "counters": {"nonfinite_total": trainer.nonfinite_total, "overflow_total": trainer.overflow_total},
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "counters": {k: v for k, v in counters.items() if k != "step"},
+        "scaler": st.scaler.state_dict() if st.scaler is not None else None,
         "format": FORMAT,
     }
     return tensors, meta
 
 
-def restore(trainer, path: Path) -> None:
-    """Load ``path`` into ``trainer`` (after checking that its config allows the resume).
+def restore(st: CheckpointState, record, acc, path: Path) -> None:
+    """Load ``path`` into the named objects of ``st`` (after checking that ``record``, the run's
+    config, allows the resume).
 
     Sharded: only the main process reads the sharded networks' and optimizers' tensors; they
     reach the other processes' shards by broadcast (no process holds what it does not shard
     besides the main one)."""
-    sharded = {name for name, module in trainer.modules_to_save().items() if sharding.is_sharded(module)}
-    sharded |= {name for name in trainer.optimizers() if trainer.optimizer_owner(name) is not None}
-    main = trainer.acc.is_main_process
+    sharded = {name for name, module in st.modules.items() if sharding.is_sharded(module)}
+    sharded |= {name for name, (_, owner) in st.optimizers.items() if owner is not None}
+    main = acc.is_main_process
     select = None if main or not sharded else (lambda key: key.split(".", 1)[0] not in sharded)
     tensors, raw = load_safetensors(path, select)
     try:
@@ -85,16 +129,15 @@ def restore(trainer, path: Path) -> None:
     except (ValueError, KeyError):
         raise OnestepError(f"{path} is not an onestep checkpoint (its metadata is not the run's JSON config, "
                            f"step and optimizer state)") from None
-    check_resumable(saved_config, trainer.record, path)
-    for name, module in trainer.modules_to_save().items():
+    check_resumable(saved_config, record, path)
+    for name, module in st.modules.items():
         if name in sharded:
-            _load_sharded(trainer, name, tensors, module, path)
+            _load_sharded(acc, name, tensors, module, path)
         else:
             unpack_module(name, tensors, module)
-    for name, opt in trainer.optimizers().items():
+    for name, (opt, owner) in st.optimizers.items():
         optimizer = _optimizer(opt)
         kept = [{k: group[k] for k in KEPT_GROUP_KEYS if k in group} for group in optimizer.param_groups]
-        owner = trainer.optimizer_owner(name)
         ok, saved = True, None
         try:
             if owner is None or main:
@@ -103,34 +146,32 @@ def restore(trainer, path: Path) -> None:
         except (KeyError, ValueError, IndexError):
             ok = False
         if owner is not None:  # the main process decides for all
-            ok = sharding.true_everywhere(trainer.acc, ok)
+            ok = sharding.true_everywhere(acc, ok)
         if not ok:
             raise OnestepError(f"cannot restore the optimizer state '{name}' from {path}; start a new run")
         if owner is None:
             optimizer.load_state_dict(saved)
-        elif sharding.true_everywhere(trainer.acc, bool(saved["state"]) if main else True):  # (none before a first step)
+        elif sharding.true_everywhere(acc, bool(saved["state"]) if main else True):  # (none before a first step)
             sharding.load_optimizer_state(optimizer, owner, saved if main else None)
         for group, mine in zip(optimizer.param_groups, kept):  # this run's kernel and learning rates
             group.update(mine)
-    restore_rng("rng", tensors, {"train": trainer.rng})
-    if meta.get("scaler") and trainer.acc.scaler is not None:
-        trainer.acc.scaler.load_state_dict(meta["scaler"])
-    trainer.step = int(meta["step"])
-    trainer.nonfinite_total = meta["counters"]["nonfinite_total"]
-    trainer.overflow_total = meta["counters"]["overflow_total"]
+    st.rng.load_state_dict(tensors)
+    if meta.get("scaler") and st.scaler is not None:
+        st.scaler.load_state_dict(meta["scaler"])
+    st.counters.load_state_dict({"step": meta["step"], **meta["counters"]})
 
 
-def _load_sharded(trainer, name: str, tensors: dict[str, torch.Tensor], module, path: Path) -> None:
+def _load_sharded(acc, name: str, tensors: dict[str, torch.Tensor], module, path: Path) -> None:
     """The main process's full state, checked there, broadcast into every process's shards."""
     sub = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
     ok = True
-    if trainer.acc.is_main_process:
+    if acc.is_main_process:
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         ok = expected == {k: tuple(v.shape) for k, v in sub.items()}
-    if not sharding.true_everywhere(trainer.acc, ok):
+    if not sharding.true_everywhere(acc, ok):
         raise OnestepError(f"checkpoint {path} does not match the model for '{name}' (missing, unexpected or "
                            f"other-shaped tensors); was the network or config changed?")
-    sharding.load_module_state(module, sub if trainer.acc.is_main_process else {})
+    sharding.load_module_state(module, sub if acc.is_main_process else {})
 
 
 def check_checkpoint(path: Path, config: config_mod.Config) -> None:

@@ -123,13 +123,12 @@ class Trainer:
         self.holdout = holdout
         self.method = Distillation(plan, schedule, teacher, nets, real, pairs, reduce_sum=self._all_reduce_sum)
         self.rng = torch.Generator().manual_seed(tr.seed)
+        self.rng_state = state.GeneratorState({"train": self.rng})
         self.draws = GlobalDraws(self.rng, tr.batch_size, rank, world, self.device, schedule, plan.stratified_sigma)
         self._params = {name: [p for m in mods for p in m.parameters()] for name, mods in
                         (("generator", trained[:1]), ("fake", trained[1:]))}
-        self.step = 0
-        self.nonfinite_total = 0
+        self.counters = state.Counters()  # step, non-finite steps skipped, fp16 overflows
         self.nonfinite_streak = {"generator": 0, "fake": 0}  # consecutive skipped steps per network
-        self.overflow_total = 0
         self.lock = None  # the run directory's lock (core.rundir.RunLock), released when fit() ends
 
     # ------------------------------------------------------------------ one iteration
@@ -164,7 +163,7 @@ class Trainer:
         stats["lr_generator"] = lr
         for k in range(self.train.fake_steps_per_gen):
             stats.update(self.fake_step(reuse=k == 0))
-        self.step += 1
+        self.counters.step += 1
         return stats
 
     def _backward_and_step(self, loss, optimizer, name: str, stats: dict) -> bool:
@@ -187,7 +186,7 @@ class Trainer:
             if tr.mixed_precision == "fp16":  # the loss scaler skips this step and lowers its scale
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                self.overflow_total += 1
+                self.counters.overflow_total += 1
                 return False
             optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite(name, "gradient")
@@ -198,7 +197,7 @@ class Trainer:
         return True
 
     def _count_nonfinite(self, name: str, what: str) -> None:
-        self.nonfinite_total += 1
+        self.counters.nonfinite_total += 1
         self.nonfinite_streak[name] += 1
         if self.nonfinite_streak[name] >= self.train.max_nonfinite:
             last = latest_checkpoint(self.run_dir)
@@ -232,26 +231,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
-    def modules_to_save(self) -> dict[str, nn.Module]:
+    @property
+    def step(self) -> int:
+        return self.counters.step
+
+    @property
+    def nonfinite_total(self) -> int:
+        return self.counters.nonfinite_total
+
+    def checkpoint_state(self) -> state.CheckpointState:
+        """The run's checkpointed objects by name (``train.state``)."""
         nets = self.method.nets
-        out = {"generator": nets.plain_generator, "fake_score": nets.plain_fake_score}
+        modules = {"generator": nets.plain_generator, "fake_score": nets.plain_fake_score}
         if nets.plain_discriminator is not None:
-            out["discriminator"] = nets.plain_discriminator
+            modules["discriminator"] = nets.plain_discriminator
         if self.ema is not None:
-            out["ema"] = self.ema.module
-        return out
-
-    def optimizers(self) -> dict:
-        return {"opt_generator": self.opt_generator, "opt_fake": self.opt_fake}
-
-    def optimizer_owner(self, name: str) -> nn.Module | None:
-        """The module whose (sharded) parameters optimizer ``name`` steps; None when unsharded."""
-        return self._owners[name] if self.sharded else None
+            modules["ema"] = self.ema.module
+        owners = self._owners if self.sharded else {}  # sharded optimizer states are keyed by their modules
+        optimizers = {name: (opt, owners.get(name)) for name, opt in
+                      (("opt_generator", self.opt_generator), ("opt_fake", self.opt_fake))}
+        return state.CheckpointState(modules, optimizers, self.counters, self.rng_state, self.acc.scaler)
 
     def save_checkpoint(self) -> Path:
         """Atomic checkpoint of the whole state (the main process writes; sharded states are gathered to it)."""
         path = checkpoint_path(self.run_dir, self.step)
-        tensors, meta = state.pack(self)
+        tensors, meta = state.pack(self.checkpoint_state(), self.record)
         bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if not sharding.true_everywhere(self.acc, not bad):  # (sharded: only the main process holds them)
             raise OnestepError(f"refusing to checkpoint non-finite weights ({bad[0] if bad else 'on the main process'}) "
@@ -279,7 +283,7 @@ class Trainer:
     def _fit(self, resume: Path | None) -> dict:
         tr = self.train
         if resume is not None:
-            state.restore(self, resume)
+            state.restore(self.checkpoint_state(), self.record, self.acc, resume)
         main = self.acc.is_main_process
         if main:
             atomic_write_text(config_mod.dump_yaml(self.record), self.run_dir / CONFIG_FILE)
@@ -299,7 +303,8 @@ class Trainer:
             bar.update(1)
             if self.step % tr.log_every == 0 or self.step == tr.steps:
                 row = {"step": self.step, **{k: sum(v) / len(v) for k, v in window.items()},
-                       "nonfinite_skipped": self.nonfinite_total, "fp16_overflows": self.overflow_total,
+                       "nonfinite_skipped": self.counters.nonfinite_total,
+                       "fp16_overflows": self.counters.overflow_total,
                        "sec_per_iter": (time.perf_counter() - t0) / max(1, len(window.get("loss_g", [1])))}
                 row.update(self.evaluate_discriminator())
                 if main:

@@ -20,7 +20,7 @@ from .core.rundir import CACHE_FILE, RunLock
 from .data.datasets import WITH_TEST_SPLIT, dataset_source
 from .data.sources import TeacherSampleCache, split_holdout
 from .distill.plan import Plan
-from .errors import OnestepWarning
+from .errors import OnestepError, OnestepWarning
 from .nets.discriminator import Discriminator
 from .nets.fake_score import FakeScore
 from .nets.generator import OneStepGenerator
@@ -34,7 +34,11 @@ HOLDOUT_FRACTION = 0.1  # of the real samples, never shown to the discriminator 
 def check_config(config: Config) -> Config:
     """The checks a config's sections cannot make alone: its teacher kind's check of the teacher
     section (one-line errors). Returns ``config``."""
-    kinds.get(config.teacher.kind).check(config.teacher, "teacher")
+    kind = kinds.get(config.teacher.kind)
+    kind.check(config.teacher, "teacher")
+    if config.data.dataset and not kind.makes_images:
+        raise OnestepError(f"config key 'data.dataset': the {kind.name} teacher makes points, not images; drop "
+                           f"data.dataset (its exact samples are the discriminator's real side)")
     return config
 
 

@@ -111,6 +111,12 @@ def test_weak_messages_are_one_clear_line(tmp_path, capsys):
     capsys.readouterr()
     one_line(["distill", "--config", cfg, "--output", tmp_path / "run", "--resume", "latest", "--set",
               "objective.name=sid"], "config differs in objective.name")
+    for text, fragment in (("", "a gmm teacher needs a list of means"),
+                           ("teacher: {kind: gmm, means: [[0, 0]]}\ndata: {dataset: digits}\n", "makes points")):
+        cfg.write_text(text)
+        one_line(["distill", "--config", cfg, "--output", tmp_path / "new"], fragment)
+        assert not (tmp_path / "new").exists()  # nothing written, no lock left
+    cfg.write_text(yaml.safe_dump({**SMALL_GMM, "train": {**SMALL_GMM["train"], "steps": 1, "checkpoint_every": 1}}))
     assert main(["distill", "--config", str(cfg), "--output", "unused", "--dry-run", "--set",
                  "train.batch_size=200000000"]) == 0
     assert "# warning: more than one GPU holds" in capsys.readouterr().out

@@ -57,6 +57,7 @@ class TeacherKind:
     base_model: Callable[[TeacherConfig], str | None]  # the card's base_model (a path or hub id), if any
     guidance_passes: Callable[[TeacherConfig], int]  # teacher passes per sample
     fits_in_run_dir: bool  # it caches a fitted network in the run directory
+    makes_images: bool  # its samples are images (a data set of images can be its real side)
 
 
 KINDS: dict[str, TeacherKind] = {}
@@ -140,7 +141,7 @@ register(TeacherKind(
     name="gmm", check=_gmm_check, build=_gmm_build, skeleton=_gmm_skeleton,
     exact_samples=lambda teacher: ExactSamples(teacher.gmm),
     label=lambda t: "an analytic Gaussian mixture", base_model=lambda t: None,
-    guidance_passes=lambda t: 1, fits_in_run_dir=True,
+    guidance_passes=lambda t: 1, fits_in_run_dir=True, makes_images=False,
 ))
 
 
@@ -175,5 +176,5 @@ def _diffusers_skeleton(t: TeacherConfig, n: NetworkConfig) -> tuple[nn.Module, 
 register(TeacherKind(
     name="diffusers", check=_diffusers_check, build=_diffusers_build, skeleton=_diffusers_skeleton,
     exact_samples=lambda teacher: None, label=lambda t: str(t.path), base_model=lambda t: str(t.path),
-    guidance_passes=lambda t: 2 if t.guidance_scale != 1.0 else 1, fits_in_run_dir=False,
+    guidance_passes=lambda t: 2 if t.guidance_scale != 1.0 else 1, fits_in_run_dir=False, makes_images=True,
 ))

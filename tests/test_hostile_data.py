@@ -120,3 +120,15 @@ def test_weak_messages_are_one_clear_line(tmp_path, capsys):
     assert main(["distill", "--config", str(cfg), "--output", "unused", "--dry-run", "--set",
                  "train.batch_size=200000000"]) == 0
     assert "# warning: more than one GPU holds" in capsys.readouterr().out
+
+
+def test_labels_an_unconditional_teacher_cannot_use_are_named(tmp_path, pixel_teacher):
+    from PIL import Image
+
+    data = tmp_path / "folder"
+    for label in ("cat", "dog"):
+        (data / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(data / label / f"{i}.png")
+    with pytest.warns(OnestepWarning, match="its labels are not used"):
+        assert _distill(tmp_path, pixel_teacher, data) == 0

@@ -28,6 +28,8 @@ CASES = {
     "benchmark_row.py": (["--output", "{tmp}/bench", "--eval-seeds", "0", "--num-samples", "16", "--set",
                              "train.steps=2", "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8",
                              "train.batch_size=8", "regression.batch_size=4"], '"fd_seed0"'),
+    "fashion_grid.py": (["--output", "{tmp}/grid", "--dry-run", "--set", "train.steps=400"],
+                        "benchmark_row.py --preset fashion"),
     "gmm_objectives.py": (["--output", "{tmp}/gmm", "--steps", "2", "--only", "dmd", "--num-samples", "64",
                            "--set", "network.fit_steps=20"], "MMD"),
     "memory_estimate.py": (["--processes", "1", "--configs", "cifar10-ddpm-sid"], "GiB per GPU"),

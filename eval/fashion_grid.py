@@ -1,0 +1,90 @@
+"""The f grid on Fashion-MNIST (issue 20, item 7): every row one ``eval/benchmark_row.py --preset
+fashion`` run over one shared, shorter budget, resumable (a finished row is skipped, an
+interrupted one continues from its checkpoint), then a table.
+
+Rows: ``f_distill`` x {rkl, js, fkl, jeffreys}, ``uni_instruct`` x {rkl, js, fkl}, and ``dmd``,
+``sid``, ``sida`` as baselines, at training seed 0; ``--seed 1 --only LABELS`` adds a second
+training seed for the chosen rows. Each row is scored on 5,000 samples at evaluation seeds 1
+and 2 (eval/PROTOCOL.md: select on 1 and 2; the shipped recipe is then reported at seed 0).
+
+    python eval/fashion_grid.py --output runs/fashion-grid --set train.steps=400   # the grid
+    python eval/fashion_grid.py --output runs/fashion-grid --dry-run               # the commands only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROWS = {
+    **{f"f_distill:{f}": ["objective.name=f_distill", f"objective.f={f}"] for f in ("rkl", "js", "fkl", "jeffreys")},
+    **{f"uni_instruct:{f}": ["objective.name=uni_instruct", f"objective.f={f}"] for f in ("rkl", "js", "fkl")},
+    "dmd": ["objective.name=dmd"],
+    "sid": ["objective.name=sid"],
+    "sida": ["objective.name=sida"],
+}
+
+
+def row_dir(output: Path, label: str, seed: int) -> Path:
+    return output / f"{label.replace(':', '_')}_s{seed}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--output", default="runs/fashion-grid")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of these rows")
+    ap.add_argument("--only", default=None, help="comma-separated labels, e.g. f_distill:js,dmd")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of every row (the budget)")
+    ap.add_argument("--eval-seeds", nargs="*", type=int, default=[1, 2])
+    ap.add_argument("--num-samples", type=int, default=None)
+    ap.add_argument("--dry-run", action="store_true", help="print each row's command and exit")
+    args = ap.parse_args(argv)
+
+    labels = args.only.split(",") if args.only else list(ROWS)
+    unknown = [label for label in labels if label not in ROWS]
+    if unknown:
+        print(f"fashion_grid: error: unknown row(s) {', '.join(unknown)} (valid: {', '.join(ROWS)})", file=sys.stderr)
+        return 2
+    output = Path(args.output)
+    results = []
+    for label in labels:
+        out = row_dir(output, label, args.seed)
+        cmd = [sys.executable, str(HERE / "benchmark_row.py"), "--preset", "fashion", "--output", str(out),
+               "--eval-seeds", *map(str, args.eval_seeds), "--set", *ROWS[label], f"train.seed={args.seed}",
+               *args.set]
+        if args.num_samples:
+            cmd += ["--num-samples", str(args.num_samples)]
+        if args.dry_run:
+            print(" ".join(cmd))
+            continue
+        done = out / "benchmark.json"
+        if not done.is_file():
+            print(f"== {label} (seed {args.seed})", flush=True)
+            if subprocess.run(cmd).returncode != 0:
+                print(f"fashion_grid: row {label} failed; rerun to continue it", file=sys.stderr)
+                return 1
+        results.append((label, json.loads(done.read_text())))
+    if args.dry_run:
+        return 0
+    lines = ["| row | seed | " + " | ".join(f"FD seed {s}" for s in args.eval_seeds)
+             + " | mean | held-out disc. acc. | copy check | seconds |",
+             "|---|---:|" + "---:|" * (len(args.eval_seeds) + 4)]
+    for label, row in results:
+        fds = [row[f"fd_seed{s}"] for s in args.eval_seeds]
+        acc = row.get("disc_acc_heldout")
+        copies = row.get("copy_check", {}).get("student_below_teacher_p5")
+        lines.append(f"| {label} | {args.seed} | " + " | ".join(f"{v:.2f}" for v in fds)
+                     + f" | {sum(fds) / len(fds):.2f} | {'-' if acc is None else f'{acc:.3f}'} | "
+                     + f"{'-' if copies is None else f'{100 * copies:.1f}%'} | {row.get('train_seconds') or 0:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    (output / f"table_s{args.seed}.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

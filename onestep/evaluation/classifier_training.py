@@ -3,9 +3,14 @@ FD-digits and FD-fashion."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..core.io import load_safetensors
+from ..errors import OnestepError
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, model_class: type[nn.Module], steps: int = 3000, batch_size: int = 128,
@@ -41,3 +46,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
                   for i in range(0, len(x), batch_size))
     return correct / len(x)
+
+
+def load_weights(model_class: type[nn.Module], path: Path, what: str, script: str) -> nn.Module:
+    """A frozen ``model_class`` with the safetensors weights at ``path`` (one-line error naming the
+    script that makes them when absent)."""
+    if not Path(path).is_file():
+        raise OnestepError(f"{what} not found at {path}; make it with `python {script}`")
+    model = model_class()
+    model.load_state_dict(load_safetensors(path)[0])
+    return model.eval().requires_grad_(False)

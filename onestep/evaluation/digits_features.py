@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.io import load_safetensors
-from ..errors import OnestepError
 from ..resources import DIGITS_FEATURES as DEFAULT_WEIGHTS
+from .classifier_training import load_weights
 
 FEATURE_DIM = 128
 
@@ -42,10 +41,4 @@ class DigitsClassifier(nn.Module):
 
 
 def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise OnestepError(f"digits feature network not found at {path}; make it with "
-                           "`python eval/train_digits_features.py`")
-    model = DigitsClassifier()
-    model.load_state_dict(load_safetensors(path)[0])
-    return model.eval().requires_grad_(False)
+    return load_weights(DigitsClassifier, Path(path) if path is not None else DEFAULT_WEIGHTS, "digits feature network", "eval/train_digits_features.py")

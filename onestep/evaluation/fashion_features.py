@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.io import load_safetensors
-from ..errors import OnestepError
 from ..resources import FASHION_FEATURES as DEFAULT_WEIGHTS
+from .classifier_training import load_weights
 
 FEATURE_DIM = 128
 
@@ -45,10 +44,4 @@ class FashionClassifier(nn.Module):
 
 
 def load_classifier(path: str | Path | None = None) -> FashionClassifier:
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise OnestepError(f"Fashion-MNIST feature network not found at {path}; make it with "
-                           "`python eval/train_fashion_features.py`")
-    model = FashionClassifier()
-    model.load_state_dict(load_safetensors(path)[0])
-    return model.eval().requires_grad_(False)
+    return load_weights(FashionClassifier, Path(path) if path is not None else DEFAULT_WEIGHTS, "Fashion-MNIST feature network", "eval/train_fashion_features.py")

@@ -136,6 +136,8 @@ def test_train_teacher_on_fashion_resumes_bit_for_bit(subset, tmp_path):
     config = ["train-teacher", "--config", "configs/fashion-teacher.yaml"]
     assert main([*config, "--output", str(tmp_path / "a"), "--set", "steps=4", *tiny]) == 0
     assert main([*config, "--output", str(tmp_path / "b"), "--set", "steps=2", *tiny]) == 0
+    with open(tmp_path / "b.training" / "log.jsonl", "a") as fh:  # a run killed after step 2's checkpoint
+        fh.write(json.dumps({"step": 3, "loss": 9.0, "seconds": 1.0}) + "\n")
     assert main([*config, "--output", str(tmp_path / "b"), "--set", "steps=4", "--resume", "--overwrite", *tiny]) == 0
     weights = "unet/diffusion_pytorch_model.safetensors"
     assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()

@@ -212,9 +212,10 @@ def _flat_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def truncate_stats(run_dir: Path, step: int) -> None:
-    """Drop log rows past ``step`` (written by a run killed after its last checkpoint)."""
-    path = Path(run_dir) / STATS_FILE
+def truncate_stats(run_dir: Path, step: int, name: str = STATS_FILE) -> None:
+    """Drop the rows of a JSON-lines log past ``step`` (written by a run killed after its last
+    checkpoint), so a resumed run does not log those steps twice."""
+    path = Path(run_dir) / name
     if not path.is_file():
         return
     rows = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]

@@ -36,6 +36,7 @@ from ..errors import OnestepError, OnestepWarning
 from ..nets.diffusers_unet import DiffusersDenoiser, parameterization_of
 from ..portable.pipeline import EDMPipeline
 from ..teachers.fit import DenoiserFit
+from .state import truncate_stats
 
 FORMAT = "onestep-teacher-checkpoint-1"
 LOG_FILE = "log.jsonl"
@@ -171,6 +172,7 @@ def train_teacher(cfg: TeacherTrainingConfig, output, progress: bool = True, wor
             _check_same_config(json.loads(meta["config"]), cfg, start)
             fit.load_state(tensors, json.loads(meta["state"]))
             seconds = float(meta["seconds"])
+            truncate_stats(work, fit.step_count, LOG_FILE)
         else:
             atomic_write_text(dump_yaml(cfg), work / "config.yaml")
         losses = _train(fit, cfg, work, seconds, progress)

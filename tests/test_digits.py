@@ -79,5 +79,10 @@ def test_the_bundled_teacher_code_is_the_portable_bundle():
     """The pipeline.py shipped with the digits teacher is ``portable.bundle()`` as it is now
     (regenerate: resources/README.md), so the teacher and the exports run the same code."""
     import onestep.portable as portable
+    from onestep.portable.integrity import verify_checksums
+    from onestep.resources import FASHION_TEACHER
 
-    assert (DIGITS_TEACHER / "pipeline.py").read_text() == portable.bundle()
+    for teacher in (DIGITS_TEACHER, FASHION_TEACHER):  # the shipped teachers
+        assert (teacher / "pipeline.py").read_text() == portable.bundle(), teacher.name
+        verify_checksums(teacher)
+        assert (teacher / "checksums.json").is_file()

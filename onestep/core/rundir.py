@@ -80,11 +80,12 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def latest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest sound checkpoint, and the newer ones skipped with the reason."""
+def latest_valid_checkpoint(run_dir: Path, problem_of=checkpoint_problem) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest sound checkpoint, and the newer ones skipped with the reason (``problem_of``:
+    why a file is not a sound checkpoint of this kind, or None)."""
     skipped = []
     for _, path in reversed(list_checkpoints(run_dir)):
-        problem = checkpoint_problem(path)
+        problem = problem_of(path)
         if problem is None:
             return path, skipped
         skipped.append((path, problem))

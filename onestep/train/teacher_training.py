@@ -28,7 +28,13 @@ from ..core.io import (
     safetensors_header,
     write_pipeline_dir,
 )
-from ..core.rundir import RunLock, checkpoint_path, list_checkpoints, prune_checkpoints
+from ..core.rundir import (
+    RunLock,
+    checkpoint_path,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+)
 from ..core.schedule import ScheduleConfig
 from ..core.schema import key
 from ..data.datasets import load_named
@@ -98,15 +104,12 @@ def _checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def _resume_point(work: Path) -> Path | None:
-    skipped = []
-    for _, path in reversed(list_checkpoints(work)):
-        problem = _checkpoint_problem(path)
-        if problem is None:
-            for bad, why in skipped:
-                warnings.warn(f"skipping {bad.name}: {why}", OnestepWarning, stacklevel=3)
-            return path
-        skipped.append((path, problem))
+def _resume_point(work: Path) -> Path:
+    path, skipped = latest_valid_checkpoint(work, _checkpoint_problem)
+    for bad, why in skipped:
+        warnings.warn(f"skipping {bad.name}: {why}", OnestepWarning, stacklevel=3)
+    if path is not None:
+        return path
     if skipped:
         raise OnestepError(f"no readable checkpoint in {work}/checkpoints ({len(skipped)} damaged); start anew "
                            f"without --resume in another --checkpoints directory")
@@ -119,11 +122,6 @@ def _check_same_config(stored: dict, cfg: TeacherTrainingConfig, path: Path) -> 
     if changed:
         raise OnestepError(f"cannot resume from {path}: the config changed ({', '.join(changed)}); only "
                            f"{', '.join(RESUMABLE)} may change on --resume")
-
-
-def _data(cfg: TeacherTrainingConfig, download: bool):
-    x, y = load_named(cfg.dataset, "train", cfg.data_root, download)
-    return x, y
 
 
 def train_teacher(cfg: TeacherTrainingConfig, output, progress: bool = True, work_dir=None, resume: bool = False,
@@ -142,7 +140,7 @@ def train_teacher(cfg: TeacherTrainingConfig, output, progress: bool = True, wor
     if not resume and list_checkpoints(work):
         raise OnestepError(f"{work} already holds checkpoints of a teacher; pass --resume to continue it, or "
                            f"choose another --output or --checkpoints")
-    x, y = _data(cfg, download)
+    x, y = load_named(cfg.dataset, "train", cfg.data_root, download)
     unet_kwargs = dataclasses.asdict(cfg.unet)
     unet_kwargs["sample_size"] = x.shape[-1]
     if unet_kwargs["in_channels"] != x.shape[1]:
@@ -175,10 +173,9 @@ def train_teacher(cfg: TeacherTrainingConfig, output, progress: bool = True, wor
             truncate_stats(work, fit.step_count, LOG_FILE)
         else:
             atomic_write_text(dump_yaml(cfg), work / "config.yaml")
-        losses = _train(fit, cfg, work, seconds, progress)
+        losses, seconds = _train(fit, cfg, work, seconds, progress)
     finally:
         lock.release()
-    seconds = _seconds_of(work, fit.step_count)
     trained = fit.result.unet
     if cfg.save_dtype == "float16":
         trained = torch.nn.Module.to(trained, torch.float16)  # (diffusers' own .to warns on every cast)
@@ -195,8 +192,10 @@ def train_teacher(cfg: TeacherTrainingConfig, output, progress: bool = True, wor
     return info
 
 
-def _train(fit: DenoiserFit, cfg: TeacherTrainingConfig, work: Path, seconds: float, progress: bool) -> list[float]:
-    """Steps up to ``cfg.steps`` with checkpoints and log rows; returns the losses of this session."""
+def _train(fit: DenoiserFit, cfg: TeacherTrainingConfig, work: Path, seconds: float,
+           progress: bool) -> tuple[list[float], float]:
+    """Steps up to ``cfg.steps`` with checkpoints and log rows, from ``seconds`` of earlier training;
+    returns (the losses of this session, the training seconds in all)."""
     losses: list[float] = []
     bar = tqdm(total=cfg.steps, initial=min(fit.step_count, cfg.steps), desc="train teacher",
                disable=not progress, leave=False)
@@ -215,7 +214,7 @@ def _train(fit: DenoiserFit, cfg: TeacherTrainingConfig, work: Path, seconds: fl
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _save(fit, cfg, work, seconds + time.perf_counter() - t0)
     bar.close()
-    return losses
+    return losses, seconds + time.perf_counter() - t0
 
 
 def _save(fit: DenoiserFit, cfg: TeacherTrainingConfig, work: Path, seconds: float) -> None:
@@ -231,11 +230,3 @@ def _last_logged_loss(work: Path, losses: list[float]) -> float:
     if rows:
         return float(json.loads(rows[-1])["loss"])
     return sum(losses) / len(losses) if losses else float("nan")
-
-
-def _seconds_of(work: Path, step: int) -> float:
-    """Training seconds up to ``step``, from the newest checkpoint."""
-    found = list_checkpoints(work)
-    if not found:
-        return 0.0
-    return float(safetensors_header(found[-1][1])[1].get("seconds", 0.0))

@@ -8,7 +8,6 @@ regression pairs, and hands them to ``train.Trainer``.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from .core.rundir import CACHE_FILE, RunLock
 from .data.datasets import WITH_TEST_SPLIT, dataset_source
 from .data.sources import TeacherSampleCache, split_holdout
 from .distill.plan import Plan
-from .errors import OnestepError, OnestepWarning
+from .errors import OnestepError
 from .nets.discriminator import Discriminator
 from .nets.fake_score import FakeScore
 from .nets.generator import OneStepGenerator
@@ -92,9 +91,6 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
     needs_run_dir = teacher is None and kinds.get(config.teacher.kind).fits_in_run_dir  # cached there
     if teacher is None and not needs_run_dir:
         teacher = build_teacher(config, None, acc.device, progress=progress)
-    if config.data.dataset and not plan.needs_discriminator:
-        warnings.warn(f"data.dataset '{config.data.dataset}' is not read: {plan.name} with gan.weight 0 trains no "
-                      f"discriminator (set discriminator.monitor: true to train one on it)", OnestepWarning, stacklevel=2)
     dataset, dataset_test = None, None
     if config.data.dataset and teacher is not None and plan.needs_discriminator:
         dataset = dataset_source(config.data.dataset, teacher, root=config.data.root)

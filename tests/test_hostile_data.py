@@ -2,6 +2,8 @@
 empty, non-finite, out of range, unreadable, of mixed sizes or of another shape than the samples
 is refused in one line; --ref is a literal name, never a pattern."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import yaml
 from _tiny import save_pixel_pipeline
 
 from onestep.cli import main
+from onestep.config import loads
 from onestep.errors import OnestepError, OnestepWarning
 from onestep.evaluation import score
 
@@ -47,8 +50,36 @@ def test_a_bad_npz_data_set_is_refused_before_anything_is_written(tmp_path, caps
 
 
 def test_an_unused_data_set_is_named_in_a_warning(tmp_path, pixel_teacher):
-    with pytest.warns(OnestepWarning, match="data.dataset 'imagenet' is not read"):
+    with pytest.warns(OnestepWarning, match=r"not read by this run: data.dataset \('imagenet'\)"):
         assert _distill(tmp_path, pixel_teacher, "imagenet", name="dmd") == 0
+
+
+UNREAD = [  # (config text, keys the one warning line must name)
+    ("objective: {name: dmd}\ndiscriminator: {hidden: 32, head: mean}\ngan: {sigma: objective}\n",
+     ["discriminator.head", "discriminator.hidden", "gan.sigma"]),
+    ("objective: {name: sid}\ndata: {dataset: digits, root: /data}\n", ["data.dataset", "data.root"]),
+    ("objective: {name: f_distill, f: js}\ndata: {root: /data}\n", ["data.root"]),
+]
+
+
+@pytest.mark.parametrize("text,keys", UNREAD, ids=["discriminator", "data", "root-without-dataset"])
+def test_keys_the_run_does_not_read_are_named_in_one_warning(text, keys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loads(text)
+    lines = [str(w.message) for w in caught if issubclass(w.category, OnestepWarning)]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert all(k in lines[0] for k in keys), lines[0]
+
+
+@pytest.mark.parametrize("text", ["objective: {name: f_distill, f: js}\ndiscriminator: {hidden: 32}\n",
+                                  "objective: {name: dmd}\ngan: {weight: 0.01}\ndiscriminator: {head: mean}\n",
+                                  "objective: {name: dmd}\ndiscriminator: {monitor: true, hidden: 8}\n"
+                                  "data: {dataset: digits}\n"])
+def test_keys_the_run_reads_raise_no_warning(text):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OnestepWarning)
+        loads(text)
 
 
 SAMPLES = torch.zeros(6, 1, 8, 8)

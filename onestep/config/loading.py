@@ -7,13 +7,13 @@ written to ``<run>/config.yaml`` and stored inside every checkpoint.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import yaml
 
 from ..core import schema
-from ..errors import OnestepError
+from ..errors import OnestepError, OnestepWarning
 from .objective import build_objective
 from .sections import RECIPE_DEFAULTS, Config
 
@@ -65,7 +65,7 @@ def from_dict(data: dict, cls: type | None = None, stored: bool = False):
     objective = build_objective(data.get("objective"), stored)
     config = schema.build(Config, {k: v for k, v in data.items() if k != "objective"}, "")
     config.objective = objective
-    validate(config)
+    validate(config, warn=not stored)
     return config
 
 
@@ -180,13 +180,40 @@ def apply_recipe(config: Config, recipe: dict) -> None:
             setattr(target, key_name, default)
 
 
-def validate(config: Config) -> None:
-    """Relations between sections; each failure names the key and what to do."""
+def unread_keys(config: Config) -> tuple[list[str], str]:
+    """The keys set away from their defaults that this run would not read, and why (before the
+    objective's recipe fills the null ``gan``/``discriminator`` keys).
+
+    Without a discriminator (reverse KL or no ratio, ``gan.weight`` 0, no ``monitor``) nothing in
+    ``discriminator``, ``data.dataset``/``data.root`` or ``gan.sigma`` is read; ``data.root``
+    only locates ``data.dataset``."""
+    spec, params = config.objective.resolve()
+    d, data = config.discriminator, config.data
+    gan_on = config.gan.weight if config.gan.weight is not None else spec.recipe.get("gan.weight", 0)
+    unread = []
+    if not (spec.needs_ratio(params) or gan_on > 0 or d.monitor):
+        unread += [f"discriminator.{f.name}" for f in fields(d)
+                   if f.name != "monitor" and getattr(d, f.name) != f.default]
+        unread += [f"data.{name} ({getattr(data, name)!r})" for name in ("dataset", "root") if getattr(data, name)]
+        unread += ["gan.sigma"] if config.gan.sigma is not None else []
+        return unread, (f"{spec.name} with gan.weight 0 trains no discriminator (set discriminator.monitor: true "
+                        f"to train one on the data set)")
+    if data.root and not data.dataset:
+        return ["data.root"], "it only locates data.dataset, which is not set"
+    return [], ""
+
+
+def validate(config: Config, warn: bool = True) -> None:
+    """Relations between sections; each failure names the key and what to do. ``warn``: one
+    warning line naming keys this run would not read (``unread_keys``)."""
     spec, _ = config.objective.resolve()
     o, d = config.objective, config.discriminator
     _check_range(o.sigma_sampler or spec.sigma_sampler, o.sigma_range, "objective.sigma_range")
     if d.sigma_range is not None and d.sigma_sampler is None:
         raise OnestepError("config key 'discriminator.sigma_range' needs discriminator.sigma_sampler")
+    unread, why = unread_keys(config)
+    if unread and warn:
+        warnings.warn(f"config keys not read by this run: {', '.join(unread)}: {why}", OnestepWarning, stacklevel=3)
     apply_recipe(config, spec.recipe)
     _check_range(d.sigma_sampler, d.sigma_range, "discriminator.sigma_range")
     d.check("discriminator")

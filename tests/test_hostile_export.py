@@ -133,3 +133,21 @@ def test_a_full_disk_while_writing_samples_leaves_no_partial_file(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{out}: No space left on device" in err[0], err
     assert out.read_bytes() == b"an earlier file of mine" and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_an_unwritable_eval_json_is_refused_before_the_evaluation(capsys, monkeypatch, pixel_run):
+    """Tests run as root, where permissions do not bind: an unwritable eval.json is simulated by
+    ``os.access``; the refusal must come before any sample is drawn."""
+    run, _ = pixel_run
+    target = run / "eval.json"
+    from onestep.evaluation import score
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == target else real_access(p, mode))
+    target.write_text("{}")
+    drawn = []
+    monkeypatch.setattr(score, "run_samples", lambda *a, **k: drawn.append(a))
+    assert main(["eval", "--run", str(run), "--num-samples", "2", "--ref", "digits"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the run's eval.json {target} is not writable" in err[0], err
+    assert drawn == [] and target.read_text() == "{}"

@@ -20,6 +20,7 @@ from .data.datasets import WITH_TEST_SPLIT, dataset_source
 from .data.sources import TeacherSampleCache, split_holdout
 from .distill.plan import Plan
 from .errors import OnestepError
+from .nets import lora
 from .nets.discriminator import Discriminator
 from .nets.fake_score import FakeScore
 from .nets.generator import OneStepGenerator
@@ -35,6 +36,12 @@ def check_config(config: Config) -> Config:
     section (one-line errors). Returns ``config``."""
     kind = kinds.get(config.teacher.kind)
     kind.check(config.teacher, "teacher")
+    adapters = [name for name in ("generator", "fake_score") if getattr(config, name).lora.rank is not None]
+    if adapters:
+        if not kind.makes_images:
+            raise OnestepError(f"config key '{adapters[0]}.lora': LoRA has no known target modules for the network "
+                               f"MLPDenoiser of the {kind.name} teacher; drop {adapters[0]}.lora")
+        lora.require_peft()
     if config.data.dataset and not kind.makes_images:
         raise OnestepError(f"config key 'data.dataset': the {kind.name} teacher makes points, not images; drop "
                            f"data.dataset (its exact samples are the discriminator's real side)")
@@ -96,6 +103,11 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
         dataset = dataset_source(config.data.dataset, teacher, root=config.data.root)
         if config.data.dataset in WITH_TEST_SPLIT:
             dataset_test = dataset_source(config.data.dataset, teacher, "test", config.data.root)
+    if teacher is not None:  # LoRA targets checked before anything is written
+        for name in ("generator", "fake_score"):
+            settings = getattr(config, name).lora.settings()
+            if settings is not None:
+                lora.targets(teacher.network, settings)
     lock = None
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,8 +121,7 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
     # trainable networks start from the teacher's weights (and its feature taps)
     d = config.discriminator
     teacher.network.feature_taps = d.taps
-    generator = OneStepGenerator(teacher.network, config.generator.sigma_init)
-    fake_score = FakeScore(teacher.network)
+    generator, fake_score = trained_networks(teacher.network, config)
     discriminator, real, holdout = None, None, None
     if plan.needs_discriminator:
         discriminator = Discriminator(feature_shapes(teacher, acc.device), head=d.head, hidden=d.hidden)
@@ -126,6 +137,17 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
                       real, pairs, holdout)
     trainer.lock = lock
     return trainer
+
+
+def trained_networks(network, config: Config) -> tuple[OneStepGenerator, FakeScore]:
+    """The generator and the fake score made from the teacher's ``network``: each a full trainable
+    copy, or an adapter on the shared ``network`` where ``generator.lora`` / ``fake_score.lora`` is
+    set. Full copies are made before any adapter is injected, so that they carry none."""
+    make = {"generator": lambda net: OneStepGenerator(net, config.generator.sigma_init), "fake_score": FakeScore}
+    settings = {"generator": config.generator.lora.settings(), "fake_score": config.fake_score.lora.settings()}
+    made = {name: make[name](network) for name, s in settings.items() if s is None}
+    made.update({name: make[name](lora.add_adapter(network, name, s)) for name, s in settings.items() if s is not None})
+    return made["generator"], made["fake_score"]
 
 
 def feature_shapes(teacher, device) -> list[tuple[int, ...]]:

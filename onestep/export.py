@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .core.io import safetensors_header, write_pipeline_dir
 from .errors import OnestepError
+from .nets import lora
 from .portable.pipeline import OneStepPipeline
 from .runs import auxiliary_components, load_generator
 from .teachers import kinds
@@ -26,6 +27,8 @@ def build_pipeline(run_dir, ema: bool = False, device="cpu"):
     (pipeline, network, config)."""
     generator, cfg, _ = load_generator(run_dir, ema=ema, device=device)
     network = generator.network
+    if isinstance(network, lora.AdapterView):  # a full export: the adapter merged into a copy of the base
+        network = lora.merged_copy(network)
     parts = network.pipeline_parts(cfg.generator.sigma_init)
     if parts is None:
         raise OnestepError("only runs on diffusers teachers export as pipelines; use `onestep sample` for this run")

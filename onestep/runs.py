@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -10,13 +11,16 @@ import torch
 
 from . import config as config_mod
 from .core.io import load_safetensors, unpack_module
+from .core.modules import fingerprint
 from .core.rundir import NETWORK_FILE, latest_checkpoint, latest_valid_checkpoint
 from .core.tensors import cycled_labels, take_rows
 from .errors import OnestepError, OnestepWarning
+from .nets import lora
 from .nets.generator import OneStepGenerator
 from .nets.spec import build_network
 from .portable.edm_form import decode_latents
 from .portable.prompts import TEXT_PARTS
+from .teachers import kinds
 from .teachers.diffusers import load_components, read_prompts
 
 
@@ -53,13 +57,30 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tupl
         spec = json.loads(spec_file.read_text())
     except (ValueError, UnicodeDecodeError):
         raise OnestepError(f"{spec_file} is not valid JSON; the run directory is damaged") from None
-    network = build_network(spec)
+    settings = cfg.generator.lora.settings()
+    if settings is None:
+        network = build_network(spec)
+    else:  # the adapter goes onto the teacher's own weights, checked to be the ones it was trained on
+        network = lora.add_adapter(lora_base(cfg, raw, path, device), "generator", settings)
     generator = OneStepGenerator(network, cfg.generator.sigma_init)
     prefix = "ema" if ema else "generator"
     if ema and not any(k.startswith("ema.") for k in tensors):
         raise OnestepError(f"run {run_dir} has no EMA weights (train.ema_halflife_kimg was 0); drop --ema")
     unpack_module(prefix, tensors, generator)
     return generator.to(device).eval().requires_grad_(False), cfg, step
+
+
+def lora_base(cfg, raw: dict, path: Path, device):
+    """The frozen teacher network a LoRA run's adapters sit on, built from ``cfg.teacher`` and
+    checked against the fingerprint the checkpoint ``path`` recorded (``raw``: its metadata)."""
+    ctx = kinds.BuildContext(cfg.network, cfg.schedule, cfg.train.seed, cfg.attention, None, device, False)
+    network = kinds.get(cfg.teacher.kind).build(cfg.teacher, ctx).network
+    recorded = json.loads(raw.get("teacher_fingerprint", "null"))
+    if recorded is not None and not math.isclose(fingerprint(network, skip=lora.is_adapter_parameter), recorded,
+                                                 rel_tol=1e-9):
+        raise OnestepError(f"the teacher at {cfg.teacher.path} is not the one the LoRA adapters of {path.name} were "
+                           f"trained on (its weights differ); point teacher.path at that teacher")
+    return network
 
 
 def auxiliary_components(network, cfg) -> dict:

@@ -8,6 +8,7 @@ from typing import Literal
 from ..core.schedule import ScheduleConfig
 from ..core.schema import key
 from ..errors import OnestepError
+from ..nets.lora import LoraSettings
 from .objective import ObjectiveConfig, SigmaSampler
 
 
@@ -42,9 +43,40 @@ class NetworkConfig:
 
 
 @dataclass
+class LoraConfig:
+    """A LoRA adapter on the teacher's frozen network instead of a full trainable copy (Hu et al.
+    2021, arXiv 2106.09685; needs peft: ``pip install 'onestep[lora]'``)."""
+
+    rank: int | None = key(None, "adapter rank (null: no adapter; the network is a full trainable copy)", ge=1)
+    alpha: float | None = key(None, "the update is scaled by alpha / rank (null: alpha = rank)", gt=0)
+    target_modules: list[str] | None = key(
+        None, "module names adapted (null: the network family's defaults, docs/lora.md)", nonempty=True)
+
+    def check(self, prefix: str) -> None:
+        if self.rank is None and (self.alpha is not None or self.target_modules is not None):
+            raise OnestepError(f"config key '{prefix}.rank': set it to use {prefix}.alpha / {prefix}.target_modules "
+                               f"(e.g. {prefix}.rank: 16)")
+
+    def settings(self) -> LoraSettings | None:
+        """The adapter's settings, or None for full fine-tuning."""
+        if self.rank is None:
+            return None
+        targets = tuple(self.target_modules) if self.target_modules is not None else None
+        return LoraSettings(self.rank, self.alpha if self.alpha is not None else float(self.rank), targets)
+
+
+@dataclass
 class GeneratorConfig:
     sigma_init: float = key(2.5, "the generator's noise level (2.5: SiD/Uni-Instruct; DMD2: the last timestep)",
                             gt=0)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class FakeScoreConfig:
+    """The fake score: a full trainable copy of the teacher's network, or a LoRA adapter on it."""
+
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -165,6 +197,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    fake_score: FakeScoreConfig = field(default_factory=FakeScoreConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     gan: GanConfig = field(default_factory=GanConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)

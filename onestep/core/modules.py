@@ -29,7 +29,9 @@ def frozen(*modules: nn.Module | None):
             p.requires_grad_(flag)
 
 
-def fingerprint(module: nn.Module) -> float:
-    """Sum of |parameters| in float64: changes when any parameter changes (a cheap invariant check)."""
+def fingerprint(module: nn.Module, skip=None) -> float:
+    """Sum of |parameters| in float64: changes when any parameter changes (a cheap invariant check).
+    ``skip(name)``: True for parameters left out (a shared base's LoRA adapters)."""
     with torch.no_grad():
-        return float(sum(p.double().abs().sum() for p in module.parameters()))
+        return float(sum(p.double().abs().sum() for n, p in module.named_parameters()
+                         if skip is None or not skip(n)))

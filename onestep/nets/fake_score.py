@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from .denoiser import Denoiser
+from .lora import trainable
 
 
 class FakeScore(nn.Module):
@@ -19,9 +18,7 @@ class FakeScore(nn.Module):
 
     def __init__(self, network: Denoiser):
         super().__init__()
-        self.network = copy.deepcopy(network).float().train()  # trainable weights in fp32
-        for p in self.network.parameters():
-            p.requires_grad_(True)
+        self.network = trainable(network)  # a full fp32 copy, or a LoRA adapter on the shared base
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, return_features: bool = False):
         return self.network(x, sigma, cond, return_features=return_features)

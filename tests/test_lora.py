@@ -1,0 +1,239 @@
+"""LoRA distillation (issue 23, item 1): generator and fake score as peft adapters on the teacher's
+one frozen network.
+
+The oracle: with B initialised to zero a LoRA run starts exactly where the full run starts, and
+by the chain rule through ``W' = W + s B A`` (s = alpha / rank) its gradients are
+``dL/dB = s G A^T`` and ``dL/dA = s B^T G = 0``, where ``G = dL/dW`` is the full run's gradient of
+the same weight. Every objective that passes its oracles on full networks therefore passes them
+with LoRA iff these identities hold, which the first test checks on real trainer steps.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from _tiny import save_pixel_pipeline
+
+from onestep import config as config_mod
+from onestep.build import build_trainer
+from onestep.cli import main
+from onestep.nets import lora
+
+RANK, ALPHA = 4, 8.0
+LORA = {"generator": {"lora": {"rank": RANK, "alpha": ALPHA}}, "fake_score": {"lora": {"rank": RANK, "alpha": ALPHA}}}
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    from diffusers import EDMEulerScheduler
+
+    return save_pixel_pipeline(tmp_path_factory.mktemp("t") / "teacher", EDMEulerScheduler(), num_class_embeds=4)
+
+
+def _config(path, objective, lora_on: bool, **train):
+    data = {"teacher": {"kind": "diffusers", "path": path}, "objective": objective,
+            "train": {"steps": 2, "batch_size": 4, "progress": False, "grad_clip": 0.0, **train},
+            **(LORA if lora_on else {})}
+    return config_mod.from_dict(data)
+
+
+def _keep_gradients(*optimizers):
+    for opt in optimizers:
+        opt.step = lambda *a, **k: None
+        opt.zero_grad = lambda *a, **k: None
+
+
+def _base_of(view):
+    return view.__dict__["base"]
+
+
+OBJECTIVES = [{"name": "sid"}, {"name": "dmd"}, {"name": "diff_instruct"},
+              {"name": "f_distill", "f": "js"}, {"name": "uni_instruct", "f": "fkl"}]
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: "-".join(map(str, o.values())))
+def test_lora_gradients_are_the_chain_rule_of_the_full_gradients(tmp_path, teacher_path, objective):
+    full = build_trainer(_config(teacher_path, objective, False), tmp_path / "full")
+    low = build_trainer(_config(teacher_path, objective, True), tmp_path / "lora")
+    if full.discriminator is not None:  # its heads are drawn from the global RNG: make them equal
+        low.method.nets.plain_discriminator.load_state_dict(full.method.nets.plain_discriminator.state_dict())
+    _keep_gradients(full.opt_generator, full.opt_fake, low.opt_generator, low.opt_fake)
+    stats_full, stats_low = full.generator_step(), low.generator_step()
+    assert stats_low["loss_g"] == pytest.approx(stats_full["loss_g"], rel=1e-5, abs=1e-7)
+    _check_chain_rule(full.method.nets.plain_generator.network.unet, low.method.nets.plain_generator.network)
+    full.fake_step(reuse=True)
+    low.fake_step(reuse=True)
+    _check_chain_rule(full.method.nets.plain_fake_score.network.unet, low.method.nets.plain_fake_score.network)
+
+
+def _check_chain_rule(full_unet, view):
+    """Each adapted weight W: dL/dB = s G A^T and dL/dA = 0 (B = 0), G = the full run's dL/dW."""
+    scale = ALPHA / RANK
+    full = dict(full_unet.named_modules())
+    carriers = {n: m for n, m in _base_of(view).unet.named_modules() if hasattr(m, "lora_A") and view.name in m.lora_A}
+    assert len(carriers) > 10
+    for name, module in carriers.items():
+        g = full[name].weight.grad
+        a, b = module.lora_A[view.name].weight, module.lora_B[view.name].weight
+        expected = scale * g.flatten(1) @ a.detach().flatten(1).T  # (out, rank)
+        torch.testing.assert_close(b.grad.flatten(1), expected, rtol=2e-4, atol=1e-6, msg=name)
+        assert torch.count_nonzero(a.grad) == 0, name
+    # nothing else of the base receives a gradient
+    assert all(p.grad is None for n, p in _base_of(view).named_parameters() if not lora.is_adapter_parameter(n))
+
+
+def test_one_base_in_memory_and_each_step_moves_only_its_adapter(tmp_path, teacher_path):
+    tr = build_trainer(_config(teacher_path, {"name": "sid"}, True), tmp_path / "run")
+    base = tr.teacher.network
+    gen, fake = tr.method.nets.plain_generator, tr.method.nets.plain_fake_score
+    assert _base_of(gen.network) is base and _base_of(fake.network) is base
+    # what the optimizers see: each adapter, nothing of the base
+    assert {id(p) for p in gen.parameters()} == {id(p) for p in lora.adapter_parameters(base, "generator").values()}
+    assert {id(p) for p in fake.parameters()} == {id(p) for p in lora.adapter_parameters(base, "fake_score").values()}
+    unique = {id(p): p for m in (tr.teacher.network, gen, fake) for p in m.parameters()}
+    base_numel = sum(p.numel() for n, p in base.named_parameters() if not lora.is_adapter_parameter(n))
+    adapters = sum(p.numel() for p in (*gen.parameters(), *fake.parameters()))
+    assert sum(p.numel() for p in unique.values()) == base_numel + adapters
+
+    def snap(module, adapters_too=False):
+        return {n: p.detach().clone() for n, p in module.named_parameters()
+                if adapters_too or not lora.is_adapter_parameter(n)}
+
+    x, sigma, cond = torch.randn(3, 3, 8, 8), torch.tensor([0.3, 1.0, 5.0]), torch.tensor([0, 1, 2])
+    teacher_before, out_before = snap(base), tr.teacher(x, sigma, cond)
+    g0, f0 = snap(gen, True), snap(fake, True)
+    tr.generator_step()
+    assert all(p.grad is None for p in fake.parameters())
+    assert snap(fake, True).keys() == f0.keys() and all(torch.equal(v, f0[k]) for k, v in snap(fake, True).items())
+    assert any(not torch.equal(v, g0[k]) for k, v in snap(gen, True).items())
+    g1 = snap(gen, True)
+    tr.fake_step(reuse=True)
+    assert all(torch.equal(v, g1[k]) for k, v in snap(gen, True).items())
+    assert any(not torch.equal(v, f0[k]) for k, v in snap(fake, True).items())
+    # the teacher: its base weights bit for bit, and its calls see no adapter
+    assert all(torch.equal(v, teacher_before[k]) for k, v in snap(base).items())
+    assert torch.equal(tr.teacher(x, sigma, cond), out_before)
+    assert not torch.equal(gen.network(x, sigma, cond), out_before)  # while the generator's does
+
+
+def _run(tmp_path, path, steps, out="run", resume=False, **train):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"teacher": {"kind": "diffusers", "path": path}, "objective": {"name": "dmd"},
+                                   **LORA, "train": {"steps": steps, "batch_size": 2, "checkpoint_every": 1,
+                                                     "progress": False, "ema_halflife_kimg": 0.01, **train}}))
+    return main(["distill", "--config", str(cfg), "--output", str(tmp_path / out)] + (["--resume", "latest"] if resume else []))
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_lora_run_resumes_bit_identically_and_exports_merged(tmp_path, teacher_path):
+    assert _run(tmp_path, teacher_path, 3, "straight") == 0
+    assert _run(tmp_path, teacher_path, 2, "resumed") == 0
+    assert _run(tmp_path, teacher_path, 3, "resumed", resume=True) == 0
+    a = _tensors(tmp_path / "straight" / "checkpoints" / "step-00000003.safetensors")
+    b = _tensors(tmp_path / "resumed" / "checkpoints" / "step-00000003.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a checkpoint holds the adapters, not a copy of the base
+    nets = [k for k in a if k.startswith(("generator.", "fake_score.", "ema."))]
+    assert nets and all("/lora_" in k for k in nets)
+    run = tmp_path / "straight"
+    # `onestep sample` (the adapter on the teacher's weights) == the merged full export, raw and EMA
+    import numpy as np
+
+    from onestep.portable.pipeline import OneStepPipeline
+
+    n, seed = 4, 3
+    for ema in (False, True):
+        flag = ["--ema"] if ema else []
+        npy, out = tmp_path / f"s{ema}.npy", tmp_path / f"exp{ema}"
+        assert main(["sample", "--run", str(run), "--output", str(npy), "--num-samples", str(n),
+                     "--seed", str(seed), *flag]) == 0
+        assert main(["export", "--run", str(run), "--output", str(out), *flag]) == 0
+        pipe = OneStepPipeline.from_pretrained(out)
+        assert not any("lora" in name for name, _ in pipe.unet.named_parameters())
+        got = pipe(class_labels=[0, 1, 2, 3], generator=OneStepPipeline.index_generators(seed, n),
+                   output_type="latent").images
+        np.testing.assert_allclose(got.numpy(), np.load(npy), atol=2e-5, rtol=0)
+    assert not np.array_equal(np.load(tmp_path / "sFalse.npy"), np.load(tmp_path / "sTrue.npy"))
+
+
+def test_lora_samples_refuse_a_changed_teacher(tmp_path, teacher_path, capsys):
+    import shutil
+
+    copy = tmp_path / "teacher"
+    shutil.copytree(teacher_path, copy)
+    assert _run(tmp_path, str(copy), 1) == 0
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(copy / "unet")
+    with torch.no_grad():
+        unet.conv_in.weight.mul_(1.01)
+    unet.save_pretrained(copy / "unet")
+    capsys.readouterr()
+    assert main(["sample", "--run", str(tmp_path / "run"), "--output", str(tmp_path / "s.npy"), "--num-samples", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the one the LoRA adapters" in err[0], err
+
+
+BAD = [
+    ({"generator": {"lora": {"rank": 0}}}, "expected an integer >= 1"),
+    ({"fake_score": {"lora": {"alpha": 4}}}, "set it to use fake_score.lora.alpha"),
+    ({"generator": {"lora": {"rank": 2, "target_modules": ["no_such_layer"]}}}, "match no linear or conv layer"),
+    ({"generator": {"lora": {"rank": 2}}, "train": {"gradient_checkpointing": True}}, "gradient_checkpointing"),
+]
+
+
+@pytest.mark.parametrize("extra,fragment", BAD, ids=["rank0", "alpha-alone", "targets", "checkpointing"])
+def test_bad_lora_settings_are_one_line_and_write_nothing(tmp_path, teacher_path, capsys, extra, fragment):
+    cfg = tmp_path / "cfg.yaml"
+    data = {"teacher": {"kind": "diffusers", "path": teacher_path}, "objective": {"name": "dmd"},
+            "train": {"steps": 1, "batch_size": 2, "progress": False}}
+    for k, v in extra.items():
+        data[k] = {**data.get(k, {}), **v}
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["distill", "--config", str(cfg), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_lora_on_a_network_without_known_targets_is_refused(tmp_path, capsys):
+    from conftest import ROOT
+
+    out = main(["distill", "--config", str(ROOT / "configs" / "gmm.yaml"), "--output", str(tmp_path / "run"),
+                "--set", "generator.lora.rank=4", "--set", "train.steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert out == 2 and len(err) == 1 and "no known target modules for the network MLPDenoiser" in err[0], err
+
+
+def test_without_peft_a_lora_config_names_the_extra(tmp_path, teacher_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
+    out = main(["distill", "--config", str(_write(tmp_path, teacher_path)), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert out == 2 and len(err) == 1 and "onestep[lora]" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def _write(tmp_path, path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"teacher": {"kind": "diffusers", "path": path}, **LORA,
+                                   "train": {"steps": 1, "batch_size": 2, "progress": False}}))
+    return cfg
+
+
+def test_checkpoint_records_the_base_fingerprint(tmp_path, teacher_path):
+    assert _run(tmp_path, teacher_path, 1) == 0
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "run" / "checkpoints" / "step-00000001.safetensors", "pt") as f:
+        recorded = json.loads(f.metadata()["teacher_fingerprint"])
+    assert isinstance(recorded, float) and recorded > 0

@@ -5,7 +5,10 @@ weights) for the published architectures, then runs the estimate ``onestep disti
 prints (``onestep.train.memory``) for each shipped config at 1 and 8 processes, unsharded and
 FSDP. The architectures' parameter counts are printed beside the published ones as a check.
 
-    python eval/memory_estimate.py [--processes 1 8] [--configs dit-xl-2-256 sd3-medium ...]
+    python eval/memory_estimate.py [--processes 1 8] [--configs dit-xl-2-256 sd3-medium ...] [--lora-rank 64]
+
+It ends with a summary table: full fine-tuning on 1 GPU and FSDP over N, against LoRA adapters
+(``generator.lora`` / ``fake_score.lora`` at ``--lora-rank``) on 1 GPU and data parallel over N.
 
 The component configs are the published ``config.json`` values of the hub repositories named
 in each shipped config (the keys that change parameter counts or activation shapes; the rest
@@ -137,10 +140,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--configs", nargs="+", default=list(PIPELINES))
+    parser.add_argument("--lora-rank", type=int, default=64,
+                        help="rank of the generator's and fake score's LoRA adapters in the summary (0: no LoRA rows)")
     args = parser.parse_args()
+    summary = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
             path = write_skeleton(Path(tmp) / name, PIPELINES[name])
+            summary.append(_summary_row(name, path, args.processes, args.lora_rank))
             print(f"\n== configs/{name}.yaml (teacher architecture: published {PIPELINES[name]['published']})")
             for processes in args.processes:
                 for sharding in (["none", "fsdp"] if processes > 1 else ["none"]):
@@ -154,6 +161,36 @@ def main() -> None:
                     est = estimate(cfg, processes)
                     print(f"-- {processes} process(es), sharding {sharding}: {est.total / GIB:.1f} GiB per GPU")
                     print(est.format())
+    print("\n== summary: GiB per GPU (full: generator and fake score are full copies; LoRA: rank "
+          f"{args.lora_rank} adapters on the teacher's one base, data parallel over several GPUs)")
+    many = max(args.processes)
+    print(f"| config | full, 1 GPU | full, {many} GPUs FSDP | LoRA, 1 GPU | LoRA, {many} GPUs | LoRA trained parameters |")
+    print("|---|---|---|---|---|---|")
+    for row in summary:
+        print("| " + " | ".join(row) + " |")
+
+
+def _summary_row(name: str, path: Path, processes: list[int], rank: int) -> list[str]:
+    """[config, full 1 GPU, full N FSDP, LoRA 1 GPU, LoRA N GPUs, LoRA trained parameters]."""
+    from onestep import GIB
+    from onestep import config as config_mod
+    from onestep import memory_estimate as estimate
+
+    many = max(processes)
+    base = [f"teacher.path={path}"]
+    lora = [f"generator.lora.rank={rank}", f"fake_score.lora.rank={rank}"]
+
+    def total(overrides, n):
+        cfg = config_mod.load(ROOT / "configs" / f"{name}.yaml", base + overrides)
+        return estimate(cfg, n)
+
+    full1, full_n = total(["train.sharding=none"], 1), total(["train.sharding=fsdp"], many)
+    row = [name, f"{full1.total / GIB:.1f}", f"{full_n.total / GIB:.1f}"]
+    if rank <= 0:
+        return row + ["", "", ""]
+    lora1, lora_n = total(lora + ["train.sharding=none"], 1), total(lora + ["train.sharding=none"], many)
+    trained = dict(lora1.rows)[next(k for k, _ in lora1.rows if "LoRA" in k)] / 4
+    return row + [f"{lora1.total / GIB:.1f}", f"{lora_n.total / GIB:.1f}", f"{trained / 1e6:.1f}M"]
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
             real, holdout = split_holdout(source, HOLDOUT_FRACTION, config.train.seed)
     if tr.gradient_checkpointing:
         for net in (generator.network, fake_score.network, teacher.network):
-            net.enable_gradient_checkpointing()
+            lora.enable_checkpointing(net)
     trainer = Trainer(plan, tr, config.schedule, config, run_dir, acc, teacher, generator, fake_score, discriminator,
                       real, pairs, holdout)
     trainer.lock = lock

@@ -85,6 +85,28 @@ def _check_chain_rule(full_unet, view):
     assert all(p.grad is None for n, p in _base_of(view).named_parameters() if not lora.is_adapter_parameter(n))
 
 
+def test_gradient_checkpointing_recomputes_with_the_adapter_of_the_forward(tmp_path, teacher_path):
+    """sid backpropagates through the teacher, the fake score and the generator, all one base:
+    checkpointed blocks recomputed in backward (when every adapter is off again) must see the
+    adapter they ran with, so the gradients equal the uncheckpointed ones."""
+    grads = []
+    for ckpt in (False, True):
+        tr = build_trainer(_config(teacher_path, {"name": "sid"}, True, gradient_checkpointing=ckpt),
+                           tmp_path / f"run{ckpt}")
+        assert tr.teacher.network.unet.is_gradient_checkpointing == ckpt
+        with torch.no_grad():  # a non-zero B, so that a recomputation without the adapter would differ
+            for p in tr.method.nets.plain_fake_score.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            for p in tr.method.nets.plain_generator.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))
+        _keep_gradients(tr.opt_generator)
+        tr.generator_step()
+        grads.append([p.grad.clone() for p in tr.generator.parameters()])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_one_base_in_memory_and_each_step_moves_only_its_adapter(tmp_path, teacher_path):
     tr = build_trainer(_config(teacher_path, {"name": "sid"}, True), tmp_path / "run")
     base = tr.teacher.network
@@ -186,11 +208,11 @@ BAD = [
     ({"generator": {"lora": {"rank": 0}}}, "expected an integer >= 1"),
     ({"fake_score": {"lora": {"alpha": 4}}}, "set it to use fake_score.lora.alpha"),
     ({"generator": {"lora": {"rank": 2, "target_modules": ["no_such_layer"]}}}, "match no linear or conv layer"),
-    ({"generator": {"lora": {"rank": 2}}, "train": {"gradient_checkpointing": True}}, "gradient_checkpointing"),
+    ({"generator": {"lora": {"rank": 2}}, "train": {"sharding": "fsdp"}}, "not supported with LoRA"),
 ]
 
 
-@pytest.mark.parametrize("extra,fragment", BAD, ids=["rank0", "alpha-alone", "targets", "checkpointing"])
+@pytest.mark.parametrize("extra,fragment", BAD, ids=["rank0", "alpha-alone", "targets", "fsdp"])
 def test_bad_lora_settings_are_one_line_and_write_nothing(tmp_path, teacher_path, capsys, extra, fragment):
     cfg = tmp_path / "cfg.yaml"
     data = {"teacher": {"kind": "diffusers", "path": teacher_path}, "objective": {"name": "dmd"},
@@ -237,3 +259,40 @@ def test_checkpoint_records_the_base_fingerprint(tmp_path, teacher_path):
     with safe_open(tmp_path / "run" / "checkpoints" / "step-00000001.safetensors", "pt") as f:
         recorded = json.loads(f.metadata()["teacher_fingerprint"])
     assert isinstance(recorded, float) and recorded > 0
+
+
+@pytest.mark.parametrize("builder", ["save_latent_pipeline", "save_sdxl_pipeline", "save_sd3_pipeline",
+                                     "save_dit_pipeline", "save_pixart_pipeline"])
+def test_the_estimate_counts_what_peft_injects(tmp_path, builder):
+    import _tiny
+
+    from onestep.build import build_teacher
+    from onestep.train import memory
+
+    path = getattr(_tiny, builder)(tmp_path / "t")
+    (tmp_path / "p.txt").write_text("a cat\n")
+    cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": path, "prompts": str(tmp_path / "p.txt")}})
+    network = build_teacher(cfg).network
+    settings = lora.LoraSettings(3, 3.0)
+    predicted = lora.count_parameters(network, settings)
+    cfg.generator.lora.rank = 3
+    trained = memory.trained_parameters(network, cfg)
+    assert trained["generator"] == predicted
+    assert trained["fake_score"] == sum(p.numel() for p in network.parameters())
+    view = lora.add_adapter(network, "generator", settings)
+    assert predicted == sum(p.numel() for p in view.parameters()) > 0
+
+
+def test_the_estimate_of_a_lora_run_equals_its_checkpoint(tmp_path, teacher_path):
+    from onestep.train import memory
+
+    assert _run(tmp_path, teacher_path, 1) == 0
+    tensors = _tensors(next((tmp_path / "run" / "checkpoints").glob("*.safetensors")))
+
+    def total(prefixes, suffixes=("",)):
+        return sum(v.numel() * v.element_size() for k, v in tensors.items()
+                   if k.startswith(prefixes) and k.endswith(suffixes) and v.is_floating_point())
+    rows = dict(memory.estimate(config_mod.load(tmp_path / "cfg.yaml"), 1).rows)
+    assert rows["generator LoRA + fake score LoRA (fp32)"] == total(("generator.", "fake_score."))
+    assert rows["EMA (fp32)"] == total(("ema.",))
+    assert rows["Adam moments (2 x fp32)"] == total(("opt_generator.", "opt_fake."), ("exp_avg", "exp_avg_sq"))

@@ -218,9 +218,6 @@ def validate(config: Config, warn: bool = True) -> None:
     _check_range(d.sigma_sampler, d.sigma_range, "discriminator.sigma_range")
     d.check("discriminator")
     lora = [f"{name}.lora" for name in ("generator", "fake_score") if getattr(config, name).lora.rank is not None]
-    if lora and config.train.gradient_checkpointing:  # recomputation in backward would not see the adapter
-        raise OnestepError(f"config keys {' and '.join(lora)}: train.gradient_checkpointing is not supported with "
-                           f"LoRA adapters yet; set it to false")
     if lora and config.train.sharding == "fsdp":
         raise OnestepError(f"config keys {' and '.join(lora)}: train.sharding: fsdp is not supported with LoRA "
                            f"adapters yet (the shared base is not sharded); use sharding: none")

@@ -46,8 +46,9 @@ class Denoiser(nn.Module):
         """JSON-able description that ``nets.spec.build_network`` rebuilds (untrained)."""
         raise NotImplementedError
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute activations in backward where the network supports it (default: no-op)."""
+    def enable_gradient_checkpointing(self, function=None) -> None:
+        """Recompute activations in backward where the network supports it (default: no-op);
+        ``function``: the checkpointing function (None: the network's default)."""
 
     def shard_units(self) -> list[nn.Module]:
         """The blocks FSDP shards one by one (default: none; the whole network is one unit)."""

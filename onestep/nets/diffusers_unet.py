@@ -156,9 +156,10 @@ class DiffusersDenoiser(Denoiser):
         config = {k: v for k, v in spec["unet_config"].items() if not k.startswith("_")}
         return cls(unet_cls.from_config(config), spec["param"], latent=spec.get("latent", False))
 
-    def enable_gradient_checkpointing(self) -> None:
+    def enable_gradient_checkpointing(self, function=None) -> None:
+        """``function``: diffusers' ``gradient_checkpointing_func`` (None: its default)."""
         if getattr(self.unet, "_supports_gradient_checkpointing", False):
-            self.unet.enable_gradient_checkpointing()
+            self.unet.enable_gradient_checkpointing(function)
 
     def shard_units(self) -> list[torch.nn.Module]:
         if self.is_transformer:

@@ -92,6 +92,23 @@ def targets(denoiser: nn.Module, settings: LoraSettings) -> list[str]:
     return present
 
 
+def count_parameters(denoiser: nn.Module, settings: LoraSettings) -> int:
+    """Parameters the adapter ``settings`` would add to ``denoiser`` (peft's layout: A (r, in[, k, k]),
+    B (out, r[, 1, 1]), no bias), without injecting it: works on a meta-device skeleton."""
+    wanted = targets(denoiser, settings)
+    total = 0
+    for name, module in _model(denoiser).named_modules():
+        if not any(name == t or name.endswith("." + t) for t in wanted):
+            continue
+        r = settings.rank
+        if isinstance(module, nn.Linear):
+            total += r * (module.in_features + module.out_features)
+        elif isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            total += r * (module.in_channels // module.groups) * k + module.out_channels * r
+    return total
+
+
 def tuner_layers(denoiser: nn.Module) -> list[nn.Module]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -133,6 +150,46 @@ def active(denoiser: nn.Module, name: str):
     finally:
         for layer in layers:
             layer._disable_adapters = True
+
+
+def _state(layers) -> list:
+    return [(layer._active_adapter, layer._disable_adapters) for layer in layers]
+
+
+def _set_state(layers, state) -> None:
+    for layer, (active_adapter, disabled) in zip(layers, state):
+        layer._active_adapter, layer._disable_adapters = active_adapter, disabled
+
+
+def checkpoint_function(denoiser: nn.Module):
+    """A ``gradient_checkpointing_func`` for diffusers models carrying adapters: the block is
+    recomputed in backward with the adapter state of its forward (by then the view's call has
+    switched every adapter off). Signature of diffusers' default: ``(module, *args)``."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(module, *args):
+        layers = tuner_layers(denoiser)
+        state = _state(layers)
+
+        def block(*inner):
+            now = _state(layers)
+            _set_state(layers, state)
+            try:
+                return module(*inner)
+            finally:
+                _set_state(layers, now)
+
+        return checkpoint(block, *args, use_reentrant=False)
+
+    return run
+
+
+def enable_checkpointing(network: nn.Module) -> None:
+    """Gradient checkpointing of ``network`` (a denoiser or an adapter view), adapter-aware where
+    its base carries adapters."""
+    base = network.__dict__.get("base", network)
+    carries = any(is_adapter_parameter(n) for n, _ in base.named_parameters())
+    base.enable_gradient_checkpointing(checkpoint_function(base) if carries else None)
 
 
 def adapter_parameters(denoiser: nn.Module, name: str) -> dict[str, nn.Parameter]:

@@ -7,7 +7,9 @@ attention as the fused kernels keep it (q, k, v, output and the log-sum-exp, not
 matrix). What is trained, and so held per network in fp32 (and divided by the process count
 under ``train.sharding: fsdp``):
 
-- weights of generator and fake score, Adam's two moments, the EMA copy;
+- weights of generator and fake score, Adam's two moments, the EMA copy: of the whole network,
+  or of its LoRA adapter (``generator.lora`` / ``fake_score.lora``: the teacher's weights are then
+  the only copy of the base);
 - the frozen teacher in ``teacher.dtype`` (divided too with ``train.shard_teacher``), its VAE and
   text encoders (never sharded);
 - activations: the graphs one step holds, the larger of the generator step (the generator with
@@ -33,6 +35,7 @@ from torch import nn
 from ..config import Config
 from ..distill.plan import Plan
 from ..errors import OnestepError
+from ..nets import lora
 from ..teachers import kinds
 
 GIB = 2.0**30
@@ -204,6 +207,19 @@ def skeleton(config: Config) -> tuple[nn.Module, int]:
     return network, aux * DTYPE_BYTES[t.dtype]
 
 
+def trained_parameters(network: nn.Module, config: Config) -> dict[str, int]:
+    """Trained parameters of the generator and the fake score: the whole network, or the adapter
+    their ``lora`` section puts on it (counted from the skeleton's layer shapes)."""
+    out = {}
+    for name in ("generator", "fake_score"):
+        settings = getattr(config, name).lora.settings()
+        if settings is None:
+            out[name] = sum(p.numel() for p in network.parameters())
+        else:
+            out[name] = lora.count_parameters(network, settings)
+    return out
+
+
 def estimate(config: Config, processes: int) -> Estimate:
     """Per-GPU bytes of ``config`` run on ``processes`` processes (see the module docstring)."""
     tr = config.train
@@ -213,9 +229,12 @@ def estimate(config: Config, processes: int) -> Estimate:
     n = sum(p.numel() for p in network.parameters())
     sharded = tr.sharding == "fsdp" and processes > 1
     split = processes if sharded else 1
-    fp32 = 4 * n / split
     local = tr.batch_size // processes
     kept, region = activation_bytes(network, local, tr.gradient_checkpointing)
+    trained = trained_parameters(network, config)
+    fp32 = {name: 4 * count / split for name, count in trained.items()}
+    adapters = {name: getattr(config, name).lora.rank is not None for name in trained}
+    networks = " + ".join(name.replace("_", " ") + (" LoRA" if adapters[name] else "") for name in trained)
     guidance_passes = kinds.get(config.teacher.kind).guidance_passes(config.teacher)
     graphs = Plan.from_config(config).graph_batches(local, tr.batch_size, guidance_passes)
     # linear in the batch: the graphs' saved tensors together, one region recomputed at a time
@@ -228,10 +247,10 @@ def estimate(config: Config, processes: int) -> Estimate:
         (f"teacher weights ({config.teacher.dtype}{f' / {teacher_split}' if teacher_split > 1 else ''})",
          n * DTYPE_BYTES[config.teacher.dtype] / teacher_split),
         ("teacher VAE + text encoders", float(aux_bytes)),
-        (f"generator + fake score (fp32{shard_note})", 2 * fp32),
-        (f"gradients, one network at a time (fp32{shard_note})", fp32),
-        (f"Adam moments (2 x fp32{shard_note})", 4 * fp32),
-        (f"EMA (fp32{shard_note})", fp32 if tr.ema_halflife_kimg > 0 else 0.0),
+        (f"{networks} (fp32{shard_note})", sum(fp32.values())),
+        (f"gradients, one network at a time (fp32{shard_note})", max(fp32.values())),
+        (f"Adam moments (2 x fp32{shard_note})", 2 * sum(fp32.values())),
+        (f"EMA (fp32{shard_note})", fp32["generator"] if tr.ema_halflife_kimg > 0 else 0.0),
         (f"activations ({' + '.join(map(str, graphs))} samples{', checkpointed' if tr.gradient_checkpointing else ''}"
          f"{', ' + tr.mixed_precision if tr.mixed_precision != 'no' else ''})", act),
     ]

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from .core.io import safetensors_header, write_pipeline_dir
+from .core.paths import LORA_MARKER
 from .errors import OnestepError
 from .nets import lora
 from .portable.pipeline import OneStepPipeline
@@ -117,6 +118,9 @@ def load_pipeline(path, device="cpu") -> OneStepPipeline:
     path = Path(path)
     index_file = path / "model_index.json"
     if not index_file.is_file():
+        if (path / LORA_MARKER).is_file():
+            raise OnestepError(f"{path} is a LoRA export: load it onto its base pipeline with load_lora_weights "
+                               f"({path / 'README.md'} shows how)")
         raise OnestepError(f"{path} is not a pipeline directory (no model_index.json); make one with `onestep export`")
     try:
         index = json.loads(index_file.read_text())

@@ -75,7 +75,7 @@ def lora_base(cfg, raw: dict, path: Path, device):
     checked against the fingerprint the checkpoint ``path`` recorded (``raw``: its metadata)."""
     ctx = kinds.BuildContext(cfg.network, cfg.schedule, cfg.train.seed, cfg.attention, None, device, False)
     network = kinds.get(cfg.teacher.kind).build(cfg.teacher, ctx).network
-    recorded = json.loads(raw.get("teacher_fingerprint", "null"))
+    recorded = json.loads(raw.get("network_fingerprint", "null"))
     if recorded is not None and not math.isclose(fingerprint(network, skip=lora.is_adapter_parameter), recorded,
                                                  rel_tol=1e-9):
         raise OnestepError(f"the teacher at {cfg.teacher.path} is not the one the LoRA adapters of {path.name} were "

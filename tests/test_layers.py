@@ -16,7 +16,7 @@ LAYERS = {
     "onestep.data": 5, "onestep.sampling": 5,
     "onestep.distill": 6,
     "onestep.train": 7,
-    "onestep.evaluation": 8, "onestep.runs": 8, "onestep.export": 8,
+    "onestep.evaluation": 8, "onestep.runs": 8, "onestep.export": 8, "onestep.export_lora": 8,
     "onestep.build": 9,
     "onestep.cli": 10, "onestep.demo": 10, "onestep.__main__": 10, "onestep": 10,
 }
@@ -27,6 +27,7 @@ FORBIDDEN = [
     ("onestep.evaluation", "onestep.train"), ("onestep.evaluation", "onestep.distill"),
     ("onestep.evaluation", "onestep.objectives"), ("onestep.runs", "onestep.train"),
     ("onestep.runs", "onestep.distill"), ("onestep.export", "onestep.train"), ("onestep.export", "onestep.distill"),
+    ("onestep.export_lora", "onestep.train"), ("onestep.export_lora", "onestep.distill"),
 ]
 MAX_CLASS, MAX_MODULE = 300, 400
 

@@ -257,7 +257,7 @@ def test_checkpoint_records_the_base_fingerprint(tmp_path, teacher_path):
     from safetensors import safe_open
 
     with safe_open(tmp_path / "run" / "checkpoints" / "step-00000001.safetensors", "pt") as f:
-        recorded = json.loads(f.metadata()["teacher_fingerprint"])
+        recorded = json.loads(f.metadata()["network_fingerprint"])
     assert isinstance(recorded, float) and recorded > 0
 
 

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", action="store_true", help="export the EMA generator")
     p.add_argument("--output", required=True, help="pipeline directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --output")
+    p.add_argument("--lora", action="store_true",
+                   help="a LoRA run: write the generator's adapter as a diffusers LoRA for the base pipeline's "
+                        "load_lora_weights (SD, SDXL, SD3, Flux), with its one-step scheduler")
     _add_common(p)
 
     p = sub.add_parser("eval", help="FID / KID / IS / precision-recall of a run or pipeline against a reference")

@@ -138,9 +138,18 @@ def cmd_sample(args) -> int:
 
 def cmd_export(args) -> int:
     from ..core.paths import new_output_dir
+
+    protect = (args.run, _run_teacher(args.run))
+    if args.lora:
+        from ..export_lora import KIND, export_lora
+
+        output = new_output_dir(args.output, "--output", overwrite=args.overwrite, protect=protect, kind=KIND)
+        path = export_lora(args.run, output, ema=args.ema)
+        print(f"exported the LoRA of {args.run} to {path} (README.md says how to load it)")
+        return 0
     from ..export import export_run
 
-    output = new_output_dir(args.output, "--output", overwrite=args.overwrite, protect=(args.run, _run_teacher(args.run)))
+    output = new_output_dir(args.output, "--output", overwrite=args.overwrite, protect=protect)
     path = export_run(args.run, output, ema=args.ema)
     print(f"exported {args.run} to {path}")
     return 0

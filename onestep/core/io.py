@@ -207,16 +207,30 @@ def safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
-    """Write a diffusers pipeline as a directory that loads without ``onestep``, atomically.
-    The caller checks ``output`` first (``core.paths.new_output_dir``).
+    """Write a diffusers pipeline as a directory that loads without ``onestep``, atomically
+    (``write_dir``). The caller checks ``output`` first (``core.paths.new_output_dir``).
 
     ``save_pretrained`` output (safetensors), the bundled ``pipeline.py`` and scheduler code
     (``portable.pipeline.write_remote_code``) named in ``model_index.json``; ``write_extra(tmp_dir)``
-    adds files before the directory is renamed into place. A failed write (a full disk) removes
-    its partial directory and leaves ``output`` as it was. An earlier output being replaced is
-    moved to a unique hidden name first and removed only once the new one is in place; nothing
-    else is deleted. Returns ``output``.
+    adds files before the directory is renamed into place. Returns ``output``.
     """
+    from ..portable.pipeline import write_remote_code  # (imports diffusers: only when writing one)
+
+    def write(tmp: Path) -> None:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_remote_code(tmp, type(pipe).__name__)
+        if write_extra is not None:
+            write_extra(tmp)
+
+    return write_dir(output, write)
+
+
+def write_dir(output, write) -> Path:
+    """Write a directory whole: ``write(tmp)`` fills ``OUTPUT.partial``, checksums are added
+    (``portable.integrity``, verified by every load), then it is renamed into place. A failed write
+    (a full disk) removes its partial directory and leaves ``output`` as it was. An earlier output
+    being replaced is moved to a unique hidden name first and removed only once the new one is in
+    place; nothing else is deleted. Returns ``output``."""
     import uuid
 
     output = Path(output)
@@ -224,14 +238,11 @@ def write_pipeline_dir(pipe, output, write_extra=None) -> Path:
     if tmp.is_dir():  # the leftover of an interrupted write (paths.new_output_dir checked it)
         shutil.rmtree(tmp)
     from ..portable.integrity import write_checksums
-    from ..portable.pipeline import write_remote_code  # (imports diffusers: only when writing one)
 
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        write_remote_code(tmp, type(pipe).__name__)
-        if write_extra is not None:
-            write_extra(tmp)
-        write_checksums(tmp)  # verified by every load of the directory (portable.integrity)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        write_checksums(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -56,13 +56,22 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+LORA_MARKER = "onestep_lora.json"  # in a LoRA export: {"_class_name": "OneStepLoRA", ...}
+
+
 def pipeline_class(directory: Path) -> str | None:
-    """The ``_class_name`` of a pipeline directory's model_index.json (None: not a readable pipeline)."""
+    """The ``_class_name`` of a pipeline directory's model_index.json, or of a onestep LoRA export's
+    marker file (None: neither, or unreadable)."""
     import json
 
-    try:
-        index = json.loads((Path(directory) / "model_index.json").read_text())
-    except (OSError, ValueError):
+    index = None
+    for name in ("model_index.json", LORA_MARKER):
+        try:
+            index = json.loads((Path(directory) / name).read_text())
+            break
+        except (OSError, ValueError):
+            continue
+    if index is None:
         return None
     name = index.get("_class_name") if isinstance(index, dict) else None
     if isinstance(name, list) and len(name) == 2:  # [module, class]: a pipeline with its own code
@@ -96,8 +105,7 @@ def new_output_dir(path, what: str, overwrite: bool = False, protect: tuple = ()
             raise OnestepError(f"{what} {path} is not an earlier output ({was}; --overwrite replaces only a "
                                f"{kind} written by onestep); choose a new path")
     partial = path.with_name(path.name + ".partial")
-    if partial.exists() and not (partial.is_dir() and (not any(partial.iterdir())
-                                                      or (partial / "model_index.json").is_file())):
+    if partial.exists() and not (partial.is_dir() and (not any(partial.iterdir()) or pipeline_class(partial))):
         raise OnestepError(f"{partial} exists and is not a leftover of an interrupted write; move it away or "
                            f"choose another path")
     return path

@@ -86,7 +86,7 @@ class CheckpointState:
     counters: Counters
     rng: GeneratorState
     scaler: object | None = None  # accelerate's fp16 GradScaler
-    teacher_fingerprint: float | None = None  # of the frozen base (LoRA runs load it back from the teacher)
+    network_fingerprint: float | None = None  # of the teacher's denoiser (LoRA runs load it back from the teacher)
 
 
 def pack(st: CheckpointState, record) -> tuple[dict[str, torch.Tensor], dict]:
@@ -108,7 +108,7 @@ def pack(st: CheckpointState, record) -> tuple[dict[str, torch.Tensor], dict]:
         "counters": {k: v for k, v in counters.items() if k != "step"},
         "scaler": st.scaler.state_dict() if st.scaler is not None else None,
         "format": FORMAT,
-        "teacher_fingerprint": st.teacher_fingerprint,
+        "network_fingerprint": st.network_fingerprint,
     }
     return tensors, meta
 

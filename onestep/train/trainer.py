@@ -97,6 +97,8 @@ class Trainer:
             acc.print(f"sharding: generator, fake score{', EMA' if self.ema is not None else ''}"
                       f"{', teacher' if tr.shard_teacher else ''} in {units} FSDP units each over {world} processes")
         self.teacher_fingerprint = fingerprint(teacher, skip=is_adapter_parameter)  # base weights only
+        # the denoiser's alone: a LoRA run's sample/export rebuild it from the teacher and compare
+        self.network_fingerprint = fingerprint(teacher.network, skip=is_adapter_parameter)
         # the fused Adam kernel (CPU and CUDA) instead of torch's default per-tensor loop on CPU:
         # 3 ms against 27 ms per step for the digits UNet's 0.7M parameters (eval/bench_step.py);
         # sharded (DTensor) parameters take the multi-tensor kernel
@@ -252,7 +254,7 @@ class Trainer:
         optimizers = {name: (opt, owners.get(name)) for name, opt in
                       (("opt_generator", self.opt_generator), ("opt_fake", self.opt_fake))}
         return state.CheckpointState(modules, optimizers, self.counters, self.rng_state, self.acc.scaler,
-                                     self.teacher_fingerprint)
+                                     self.network_fingerprint)
 
     def save_checkpoint(self) -> Path:
         """Atomic checkpoint of the whole state (the main process writes; sharded states are gathered to it)."""

@@ -121,8 +121,8 @@ def test_lora_export_of_a_family_without_a_lora_loader_is_refused(tmp_path, caps
 
 
 def test_a_lora_export_is_not_a_pipeline_and_overwrites_only_its_kind(tmp_path, capsys, sd_lora_run):
-    from onestep.export import load_pipeline
     from onestep.errors import OnestepError
+    from onestep.export import load_pipeline
 
     out = tmp_path / "lora"
     assert main(["export", "--run", str(sd_lora_run), "--output", str(out), "--lora"]) == 0

@@ -105,6 +105,19 @@ PIPELINES = {
         "text_encoder": ["CLIPTextModel", CLIP_L],
         "text_encoder_2": ["CLIPTextModelWithProjection", CLIP_G],
     },
+    "flux-dev": {  # black-forest-labs/FLUX.1-dev
+        "published": "12B (FLUX.1-dev model card)",
+        "transformer": ["FluxTransformer2DModel", {
+            "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+            "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+            "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}],
+        "vae": ["AutoencoderKL", {**VAE_16, "scaling_factor": 0.3611, "shift_factor": 0.1159}],
+        "scheduler": ["FlowMatchEulerDiscreteScheduler", {
+            "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+            "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}],
+        "text_encoder": ["CLIPTextModel", CLIP_L],
+        "text_encoder_2": ["T5EncoderModel", T5_XXL],
+    },
 }
 TRANSFORMERS = {"CLIPTextModel", "CLIPTextModelWithProjection", "T5EncoderModel"}
 
@@ -150,7 +163,9 @@ def main() -> None:
             summary.append(_summary_row(name, path, args.processes, args.lora_rank))
             print(f"\n== configs/{name}.yaml (teacher architecture: published {PIPELINES[name]['published']})")
             for processes in args.processes:
-                for sharding in (["none", "fsdp"] if processes > 1 else ["none"]):
+                shipped = config_mod.load(ROOT / "configs" / f"{name}.yaml", [f"teacher.path={path}"])
+                with_lora = shipped.generator.lora.rank is not None or shipped.fake_score.lora.rank is not None
+                for sharding in (["none", "fsdp"] if processes > 1 and not with_lora else ["none"]):
                     cfg = config_mod.load(ROOT / "configs" / f"{name}.yaml",
                                           [f"teacher.path={path}", f"train.sharding={sharding}"])
                     if processes == args.processes[0] and sharding == "none":
@@ -178,13 +193,14 @@ def _summary_row(name: str, path: Path, processes: list[int], rank: int) -> list
 
     many = max(processes)
     base = [f"teacher.path={path}"]
+    full = ["generator.lora.rank=null", "fake_score.lora.rank=null"]
     lora = [f"generator.lora.rank={rank}", f"fake_score.lora.rank={rank}"]
 
     def total(overrides, n):
         cfg = config_mod.load(ROOT / "configs" / f"{name}.yaml", base + overrides)
         return estimate(cfg, n)
 
-    full1, full_n = total(["train.sharding=none"], 1), total(["train.sharding=fsdp"], many)
+    full1, full_n = total(full + ["train.sharding=none"], 1), total(full + ["train.sharding=fsdp"], many)
     row = [name, f"{full1.total / GIB:.1f}", f"{full_n.total / GIB:.1f}"]
     if rank <= 0:
         return row + ["", "", ""]

@@ -27,6 +27,7 @@ from .core.io import write_dir
 from .core.paths import LORA_MARKER, pipeline_class
 from .errors import OnestepError
 from .nets import lora
+from .nets.diffusers_unet import DEFAULT_RESOLUTION
 from .runs import load_generator
 
 # base pipelines with a LoRA loader, and the component their LoRA adapts
@@ -45,9 +46,10 @@ def base_pipeline(cfg) -> str:
     return found
 
 
-def one_step_recipe(network, sigma_init: float, base: str) -> dict:
+def one_step_recipe(network, sigma_init: float, base: str, extra: dict | None = None) -> dict:
     """The stock scheduler and call arguments that make ``base`` compute the generator in one step:
-    {"scheduler": a scheduler object, "call": kwargs of the pipeline call, "latent_scale": c}."""
+    {"scheduler": a scheduler object, "call": kwargs of the pipeline call, "latent_scale": c}.
+    ``extra``: call arguments a flow pipeline needs besides (Flux: height, width, T5 length)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     guidance = {"guidance_scale": 0.0} if base != "FluxPipeline" else {"guidance_scale": 1.0}
@@ -64,8 +66,23 @@ def one_step_recipe(network, sigma_init: float, base: str) -> dict:
         t = sigma_init / (1 + sigma_init)
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=network.param["num_train_timesteps"],
                                                     shift=1.0)
-        return {"scheduler": scheduler, "call": {"sigmas": [t], **guidance}, "latent_scale": t}
+        call = {"sigmas": [t], **guidance, **(extra or {})}
+        if network.guidance is not None:  # a guidance-distilled model's guidance input (Flux-dev): the teacher's
+            call["guidance_scale"] = network.guidance
+        return {"scheduler": scheduler, "call": call, "latent_scale": t}
     raise OnestepError(f"--lora: no stock one-step scheduler for a {network.kind} teacher; drop --lora")
+
+
+def flux_call(cfg) -> dict:
+    """FluxPipeline's call arguments the generator fixes: the image size (``teacher.resolution``) and
+    the T5 length the conditioning was encoded with (``portable.prompts.encode_text``)."""
+    side = cfg.teacher.resolution or DEFAULT_RESOLUTION
+    try:
+        tokenizer = json.loads((Path(str(cfg.teacher.path)) / "tokenizer_2" / "tokenizer_config.json").read_text())
+        length = min(int(tokenizer.get("model_max_length", 512)), 512)
+    except (OSError, ValueError, TypeError):
+        length = 512
+    return {"height": side, "width": side, "max_sequence_length": length}
 
 
 def export_lora(run_dir, output, ema: bool = False) -> Path:
@@ -79,7 +96,7 @@ def export_lora(run_dir, output, ema: bool = False) -> Path:
         raise OnestepError(f"--lora: run {run_dir} trained the full generator (generator.lora was not set); "
                            f"export it without --lora")
     base = base_pipeline(cfg)
-    recipe = one_step_recipe(view, cfg.generator.sigma_init, base)
+    recipe = one_step_recipe(view, cfg.generator.sigma_init, base, flux_call(cfg) if base == "FluxPipeline" else None)
     model = view.base.unet
     layers = get_peft_model_state_dict(model, adapter_name=view.name)
     config = model.peft_config[view.name].to_dict()
@@ -125,6 +142,7 @@ image = pipe("a photo of a cat", {call}).images[0]
 ```
 
 Exactly the distilled generator: pass `latents = {info['latent_scale']:.6g} * torch.randn(...)` (the
-generator's input noise scale; the stock pipeline starts from unit noise, which gives nearly the same
-image). The same weights merged into a full pipeline: `onestep export` without `--lora`.
+generator's input noise scale{'; FluxPipeline takes latents packed with `pipe._pack_latents`' if info['base_pipeline'] == 'FluxPipeline' else ''};
+the stock pipeline starts from unit noise, which gives nearly the same image). The same weights merged
+into a full pipeline: `onestep export` without `--lora`.
 """

@@ -161,3 +161,27 @@ def save_pixart_pipeline(path: Path, seed=0) -> str:
     PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=tiny_vae(), transformer=transformer,
                         scheduler=DPMSolverMultistepScheduler()).save_pretrained(path)
     return str(path)
+
+
+def save_flux_pipeline(path: Path, seed=0, guidance_embeds=True, with_t5=True) -> str:
+    """FluxPipeline layout: Flux transformer (double and single stream blocks, rotary ids, the guidance
+    embedding of a guidance-distilled model), CLIP (pooled) + T5 encoders, flow matching with the
+    resolution-dependent shift; latents of 4 channels packed 2x2 into 16."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=32, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=[2, 2, 4])
+    tokenizer_2 = t5_tokenizer()
+    encoder_2 = T5EncoderModel(T5Config(d_model=32, d_ff=37, num_layers=2, num_heads=2, d_kv=16,
+                                        vocab_size=len(tokenizer_2)))
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
+    pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=tiny_vae(shift_factor=0.1159),
+                        text_encoder=clip_encoder(False, seed=1), tokenizer=clip_tokenizer(),
+                        text_encoder_2=encoder_2 if with_t5 else None, tokenizer_2=tokenizer_2 if with_t5 else None)
+    pipe.save_pretrained(path)
+    return str(path)

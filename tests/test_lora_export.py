@@ -10,14 +10,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _tiny import save_latent_pipeline, save_pixel_pipeline, save_sd3_pipeline, save_sdxl_pipeline
+from _tiny import (
+    save_flux_pipeline,
+    save_latent_pipeline,
+    save_pixel_pipeline,
+    save_sd3_pipeline,
+    save_sdxl_pipeline,
+)
 
 from onestep.cli import main
 from onestep.portable.pipeline import OneStepPipeline
 
 LAYOUTS = {"sd": (save_latent_pipeline, "StableDiffusionPipeline"),
            "sdxl": (save_sdxl_pipeline, "StableDiffusionXLPipeline"),
-           "sd3": (save_sd3_pipeline, "StableDiffusion3Pipeline")}
+           "sd3": (save_sd3_pipeline, "StableDiffusion3Pipeline"),
+           "flux": (save_flux_pipeline, "FluxPipeline")}
+TEACHER = {"flux": {"resolution": 16, "guidance_scale": 3.5}}
 
 
 def _last_sigma(teacher: str) -> float:
@@ -32,12 +40,12 @@ def _last_sigma(teacher: str) -> float:
     return float(((1 - abar) / abar).sqrt())
 
 
-def _lora_run(tmp_path, teacher, steps=2):
+def _lora_run(tmp_path, teacher, steps=2, **teacher_keys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\na blue circle\n")
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({
-        "teacher": {"kind": "diffusers", "path": teacher, "prompts": str(prompts)},
+        "teacher": {"kind": "diffusers", "path": teacher, "prompts": str(prompts), **teacher_keys},
         "generator": {"sigma_init": _last_sigma(teacher), "lora": {"rank": 4, "alpha": 2.0}},
         "fake_score": {"lora": {"rank": 4}}, "objective": {"name": "dmd"},
         "train": {"steps": steps, "batch_size": 2, "checkpoint_every": steps, "progress": False,
@@ -53,7 +61,7 @@ def test_a_lora_export_loads_onto_the_base_and_equals_the_merged_export(tmp_path
 
     build, base_name = LAYOUTS[layout]
     teacher = build(tmp_path / "teacher")
-    run = _lora_run(tmp_path, teacher)
+    run = _lora_run(tmp_path, teacher, **TEACHER.get(layout, {}))
     assert main(["export", "--run", str(run), "--output", str(tmp_path / "lora"), "--lora"]) == 0
     assert main(["export", "--run", str(run), "--output", str(tmp_path / "merged")]) == 0
     info = json.loads((tmp_path / "lora" / "onestep_lora.json").read_text())
@@ -66,18 +74,20 @@ def test_a_lora_export_loads_onto_the_base_and_equals_the_merged_export(tmp_path
     stock.load_lora_weights(tmp_path / "lora")
     stock.scheduler = getattr(diffusers, info["scheduler"]).from_pretrained(tmp_path / "lora", subfolder="scheduler")
     ours = OneStepPipeline.from_pretrained(tmp_path / "merged")
-    network = ours.unet if getattr(ours, "unet", None) is not None else ours.transformer
-    size = network.config.sample_size
-    z = torch.randn(2, network.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    shape = ours._sample_shape(None, None)
+    z = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     prompt = ["a cat", "a dog"]
     a = ours(prompt=prompt, latents=z, output_type="np").images
-    b = stock(prompt=prompt, latents=info["latent_scale"] * z, output_type="np", **info["call"]).images
+    start = info["latent_scale"] * z
+    if layout == "flux":  # FluxPipeline takes its latents packed
+        start = stock._pack_latents(start, 2, *shape)
+    b = stock(prompt=prompt, latents=start, output_type="np", **info["call"]).images
     diff = float(np.abs(a - b).max())
     print(f"{layout}: max |LoRA-loaded stock - merged export| = {diff:.2e}")
     assert diff < 1e-4
     # the LoRA is not a no-op: the base alone gives other images
     stock.unload_lora_weights()
-    c = stock(prompt=prompt, latents=info["latent_scale"] * z, output_type="np", **info["call"]).images
+    c = stock(prompt=prompt, latents=start, output_type="np", **info["call"]).images
     assert np.abs(a - c).max() > 10 * max(diff, 1e-6)
 
 

@@ -7,6 +7,7 @@ import torch
 import yaml
 from _tiny import (
     save_dit_pipeline,
+    save_flux_pipeline,
     save_latent_pipeline,
     save_pixart_pipeline,
     save_sd3_pipeline,
@@ -21,11 +22,12 @@ from onestep.core.rundir import latest_checkpoint
 from onestep.train import memory
 
 BUILDERS = {"latent": save_latent_pipeline, "dit": save_dit_pipeline, "sd3": save_sd3_pipeline,
-            "sdxl": save_sdxl_pipeline, "pixart": save_pixart_pipeline}
+            "sdxl": save_sdxl_pipeline, "pixart": save_pixart_pipeline, "flux": save_flux_pipeline}
+EXTRA = {"flux": {"resolution": 16, "guidance_scale": 3.5}}  # Flux has no fixed size; its guidance is an input
 
 
-def _config(path, prompts, **train):
-    return config_mod.from_dict({"teacher": {"kind": "diffusers", "path": str(path), "prompts": prompts},
+def _config(path, prompts, teacher=None, **train):
+    return config_mod.from_dict({"teacher": {"kind": "diffusers", "path": str(path), "prompts": prompts, **(teacher or {})},
                                  "train": {"batch_size": 4, "progress": False, **train}})
 
 
@@ -39,7 +41,7 @@ def pipelines(tmp_path_factory):
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_skeleton_counts_and_activations_match_the_real_teacher(kind, pipelines):
     paths, prompts = pipelines
-    cfg = _config(paths[kind], prompts)
+    cfg = _config(paths[kind], prompts, EXTRA.get(kind))
     network, aux_bytes = memory.skeleton(cfg)
     assert all(p.is_meta for p in network.parameters())
     teacher = build_teacher(cfg, progress=False)

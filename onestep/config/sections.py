@@ -25,7 +25,10 @@ class TeacherConfig:
     subfolder: str | None = key(None, "diffusers: subfolder of the denoiser (default unet)", nonempty=True)
     dtype: Literal["float32", "bfloat16", "float16"] = key("float32", "weight dtype of the frozen teacher")
     prompts: str | None = key(None, "text-to-image: prompts file, one per line", nonempty=True)
-    guidance_scale: float = key(1.0, "text-to-image: the teacher's classifier-free guidance", ge=0)
+    guidance_scale: float = key(1.0, "text-to-image: the teacher's classifier-free guidance (Flux-dev: the value "
+                                     "of its guidance input, given to teacher and generator alike)", ge=0)
+    resolution: int | None = key(None, "image side in pixels for a network without a fixed size (Flux; null: 1024)",
+                                 ge=16)
     trust_remote_code: bool = key(False, "diffusers: run Python code the pipeline directory ships (only if you "
                                          "trust its author; otherwise only diffusers/transformers classes load)")
 

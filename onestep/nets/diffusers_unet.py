@@ -22,9 +22,12 @@ VP_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "EulerDiscreteScheduler", "DP
 EDM_SCHEDULERS = ("EDMEulerScheduler",)
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
-TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "SD3Transformer2DModel", "PixArtTransformer2DModel")
+TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "SD3Transformer2DModel", "PixArtTransformer2DModel",
+                       "FluxTransformer2DModel")
 NETWORK_CLASSES = UNET_CLASSES + TRANSFORMER_CLASSES
-TEXT_CLASSES = ("UNet2DConditionModel", "SD3Transformer2DModel", "PixArtTransformer2DModel")
+TEXT_CLASSES = ("UNet2DConditionModel", "SD3Transformer2DModel", "PixArtTransformer2DModel", "FluxTransformer2DModel")
+PACKED_CLASSES = ("FluxTransformer2DModel",)  # latents packed 2x2 into tokens: no sample_size in the config
+DEFAULT_RESOLUTION = 1024  # pixels, for a network without a fixed size (FluxPipeline's default)
 
 
 def _store_mid(module, inputs, output):
@@ -78,6 +81,32 @@ def parameterization_of(scheduler) -> dict:
     raise OnestepError(f"unsupported scheduler {name} (supported: {known})")
 
 
+def network_param(unet, scheduler, vae_config=None, resolution: int | None = None,
+                  guidance_scale: float = 1.0) -> dict:
+    """``parameterization_of(scheduler)`` plus what a packed-latent network (Flux) needs beyond
+    its config: ``sample_size`` (the latent side: ``resolution`` pixels over the VAE's factor) and
+    ``guidance`` (a guidance-distilled model's guidance input: the teacher's ``guidance_scale``,
+    fixed for teacher and student alike; None where the model has no guidance embedding)."""
+    param = parameterization_of(scheduler)
+    if type(unet).__name__ not in PACKED_CLASSES:
+        if resolution is not None:
+            raise OnestepError(f"config key 'teacher.resolution': {type(unet).__name__} has a fixed sample size; "
+                               f"drop teacher.resolution")
+        return param
+    factor = 2 ** (len(vae_config["block_out_channels"]) - 1) if vae_config is not None else 8
+    pixels = resolution or DEFAULT_RESOLUTION
+    if pixels % (2 * factor):
+        raise OnestepError(f"config key 'teacher.resolution': {pixels} is not a multiple of {2 * factor} (the VAE's "
+                           f"{factor}x times the 2x2 latent packing)")
+    param["sample_size"] = pixels // factor
+    embeds = bool(getattr(unet.config, "guidance_embeds", False))
+    if not embeds and guidance_scale != 1.0:
+        raise OnestepError("config key 'teacher.guidance_scale': this Flux model has no guidance embedding (and no "
+                           "unconditional branch to guide with here); use 1.0")
+    param["guidance"] = float(guidance_scale) if embeds else None
+    return param
+
+
 class DiffusersDenoiser(Denoiser):
     """EDM-form wrapper of a diffusers UNet (``UNet2DModel``, ``UNet2DConditionModel``) or
     transformer (``DiTTransformer2DModel``, ``SD3Transformer2DModel``, ``PixArtTransformer2DModel``);
@@ -101,9 +130,15 @@ class DiffusersDenoiser(Denoiser):
         self.sigma_data = float(param.get("sigma_data", 0.5))
         self.is_latent = bool(latent)
         cfg = unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        self.sample_shape = (cfg.in_channels, size, size)
         kind = type(unet).__name__
+        if kind in PACKED_CLASSES:  # (B, C, H, W) latents whose 2x2 patches are the tokens
+            if "sample_size" not in param:
+                raise OnestepError(f"{kind} needs the latent size in its parameterisation (network_param)")
+            self.sample_shape = (cfg.in_channels // 4, int(param["sample_size"]), int(param["sample_size"]))
+        else:
+            size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+            self.sample_shape = (cfg.in_channels, size, size)
+        self.guidance = param.get("guidance")
         self.is_transformer = kind in TRANSFORMER_CLASSES
         if kind in TEXT_CLASSES:
             self.cond_kind = "text"
@@ -163,7 +198,7 @@ class DiffusersDenoiser(Denoiser):
 
     def shard_units(self) -> list[torch.nn.Module]:
         if self.is_transformer:
-            blocks = list(self.unet.transformer_blocks)
+            blocks = list(self.unet.transformer_blocks) + list(getattr(self.unet, "single_transformer_blocks", []))
             # DiT's output layer reads block 0's embedder outside that block's forward: keep it in the root
             return blocks[1:] if type(self.unet).__name__ == "DiTTransformer2DModel" else blocks
         blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
@@ -211,6 +246,8 @@ class DiffusersDenoiser(Denoiser):
 
     def forward(self, x, sigma, cond=None, return_features: bool = False):
         sigma = sigma.reshape(-1).float()
+        if self.guidance is not None:  # a guidance-distilled network's guidance input (Flux-dev)
+            cond = {**cond, "guidance": torch.full((len(x),), self.guidance, device=x.device)}
         d = denoise(self.unet, x, sigma, self.sigma_to_t(sigma), cond,
                     self.kind, self.prediction_type, self.sigma_data)
         feats = [m.__dict__.get("_onestep_features") for m in self._taps()] if return_features else None
@@ -233,9 +270,11 @@ class DiffusersDenoiser(Denoiser):
     # -- export -----------------------------------------------------------------------
     def pipeline_parts(self, sigma_init: float) -> dict:
         timestep_init = float(self.sigma_to_t(torch.tensor([sigma_init], dtype=torch.float32))[0])
+        packed = type(self.unet).__name__ in PACKED_CLASSES
         scheduler = OneStepScheduler(sigma_init=float(sigma_init), timestep_init=timestep_init,
                                      parameterization=self.kind, prediction_type=self.prediction_type,
-                                     sigma_data=self.sigma_data)
+                                     sigma_data=self.sigma_data, sample_size=self.sample_shape[1] if packed else None,
+                                     guidance=self.guidance)
         return {"transformer" if self.is_transformer else "unet": self.unet, "scheduler": scheduler}
 
     def stock_scheduler(self, sigma_init: float):

@@ -106,9 +106,29 @@ def call_unet(unet, x_in: torch.Tensor, timestep: torch.Tensor, cond) -> torch.T
             kwargs["encoder_hidden_states"] = cond.to(dtype)
     if type(unet).__name__ == "PixArtTransformer2DModel":
         kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+    if type(unet).__name__ == "FluxTransformer2DModel":
+        return call_flux(unet, x_in, timestep, kwargs, dtype)
     out = unet(x_in.to(dtype), timestep=timestep, **kwargs).sample.float()
     channels = x_in.shape[1]
     return out[:, :channels] if out.shape[1] == 2 * channels else out
+
+
+def call_flux(unet, x_in: torch.Tensor, timestep: torch.Tensor, kwargs: dict, dtype) -> torch.Tensor:
+    """A Flux transformer on latents (B, C, H, W), as ``FluxPipeline`` calls it: the latents packed
+    2x2 into tokens (B, HW/4, 4C) with their rotary position ids (``_pack_latents``,
+    ``_prepare_latent_image_ids``), zero text ids, the time in [0, 1] (``timestep / 1000``) and,
+    for a guidance-distilled model, ``kwargs["guidance"]`` (B,); the output unpacked to (B, C, H, W)."""
+    b, c, h, w = x_in.shape
+    tokens = x_in.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+    img_ids = torch.zeros(h // 2, w // 2, 3, device=x_in.device)
+    img_ids[..., 1] += torch.arange(h // 2, device=x_in.device)[:, None]
+    img_ids[..., 2] += torch.arange(w // 2, device=x_in.device)[None, :]
+    text = kwargs["encoder_hidden_states"]
+    txt_ids = torch.zeros(text.shape[1], 3, device=x_in.device, dtype=dtype)
+    guidance = kwargs.pop("guidance", None)
+    out = unet(tokens.to(dtype), timestep=(timestep / 1000).to(dtype), img_ids=img_ids.reshape(-1, 3).to(dtype),
+               txt_ids=txt_ids, guidance=guidance.float() if guidance is not None else None, **kwargs).sample
+    return out.float().reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 def denoise(unet, x, sigma, timestep, cond, parameterization: str, prediction_type: str, sigma_data: float):

@@ -18,6 +18,7 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     DiTTransformer2DModel,
+    FluxTransformer2DModel,
     PixArtTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
@@ -125,12 +126,13 @@ class OneStepPipeline(DiffusionPipeline):
         self,
         scheduler: OneStepScheduler,
         unet: UNet2DModel | UNet2DConditionModel | None = None,
-        transformer: DiTTransformer2DModel | SD3Transformer2DModel | PixArtTransformer2DModel | None = None,
+        transformer: DiTTransformer2DModel | SD3Transformer2DModel | PixArtTransformer2DModel | FluxTransformer2DModel
+        | None = None,
         vae: AutoencoderKL | None = None,
         text_encoder: CLIPTextModel | CLIPTextModelWithProjection | T5EncoderModel | None = None,
         tokenizer: CLIPTokenizer | T5TokenizerFast | None = None,
-        text_encoder_2: CLIPTextModelWithProjection | None = None,
-        tokenizer_2: CLIPTokenizer | None = None,
+        text_encoder_2: CLIPTextModelWithProjection | T5EncoderModel | None = None,
+        tokenizer_2: CLIPTokenizer | T5TokenizerFast | None = None,
         text_encoder_3: T5EncoderModel | None = None,
         tokenizer_3: T5TokenizerFast | None = None,
     ):
@@ -219,7 +221,9 @@ class OneStepPipeline(DiffusionPipeline):
         return repeat(prompt_embeds), None
 
     def _sample_shape(self, height, width) -> tuple[int, ...]:
-        c, size = self.network.config.in_channels, self.network.config.sample_size
+        c, size = self.network.config.in_channels, getattr(self.network.config, "sample_size", None)
+        if size is None:  # latents packed 2x2 into tokens (Flux): the size is the scheduler's
+            c, size = c // 4, self.scheduler.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         trained = (h * self.vae_scale_factor, w * self.vae_scale_factor)
         if (height or trained[0], width or trained[1]) != trained:
@@ -253,6 +257,8 @@ class OneStepPipeline(DiffusionPipeline):
         sched = self.scheduler
         x = sched.init_noise_sigma * z.float()
         t = torch.full((len(z),), float(sched.timesteps[0]), device=z.device, dtype=torch.float32)
+        if sched.config.get("guidance") is not None:  # a guidance-distilled network's fixed guidance input
+            cond = {**cond, "guidance": torch.full((len(z),), float(sched.config.guidance), device=z.device)}
         out = call_unet(self.network, sched.scale_model_input(x, t), t, cond)
         return sched.step(out, t, x).prev_sample
 

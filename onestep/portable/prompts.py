@@ -1,7 +1,7 @@
 """Prompts -> the conditioning of a text-to-image network, through diffusers' own pipelines.
 
 Stable Diffusion 1.x / 2.x (one CLIP encoder) embed with ``encode_prompts`` (the padding and
-truncation of ``StableDiffusionPipeline``): a tensor (B, L, D). SDXL, SD3 and PixArt go through
+truncation of ``StableDiffusionPipeline``): a tensor (B, L, D). SDXL, SD3, PixArt and Flux go through
 their stock pipeline's ``encode_prompt`` (built on the same components, nothing copied), so the
 embeddings are exactly the teacher's: a dict of the network's keyword inputs.
 Imports only torch and diffusers (copied into every export).
@@ -18,6 +18,7 @@ STOCK = {  # network class (and whether a second text encoder is present) -> the
     ("SD3Transformer2DModel", True): "StableDiffusion3Pipeline",
     ("SD3Transformer2DModel", False): "StableDiffusion3Pipeline",
     ("PixArtTransformer2DModel", False): "PixArtAlphaPipeline",
+    ("FluxTransformer2DModel", True): "FluxPipeline",
 }
 TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
 
@@ -73,6 +74,14 @@ def encode_text(network, parts: dict, prompts: list[str], image_size: tuple[int,
                                                       do_classifier_free_guidance=True)
         cond = {"encoder_hidden_states": pe, "pooled_projections": pooled}
         uncond = {"encoder_hidden_states": npe[:1], "pooled_projections": npooled[:1]}
+    elif name == "FluxPipeline":  # guidance-distilled: no negative branch (the guidance is a network input)
+        length = min(int(parts["tokenizer_2"].model_max_length), 512)
+        pe, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1,
+                                           max_sequence_length=length)
+        npe, npooled, _ = pipe.encode_prompt([""], None, device=device, num_images_per_prompt=1,
+                                             max_sequence_length=length)
+        cond = {"encoder_hidden_states": pe, "pooled_projections": pooled}
+        uncond = {"encoder_hidden_states": npe, "pooled_projections": npooled}
     else:  # PixArt
         length = min(int(parts["tokenizer"].model_max_length), 300)
         pe, mask, npe, nmask = pipe.encode_prompt(prompts, do_classifier_free_guidance=True, device=device,

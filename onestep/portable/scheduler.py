@@ -29,7 +29,9 @@ class OneStepScheduler(SchedulerMixin, ConfigMixin):
 
     ``parameterization``: ``vp`` | ``edm`` | ``flow``; ``prediction_type``: the network's output
     (``epsilon`` | ``v_prediction`` | ``sample`` | ``flow``); ``timestep_init``: the network's time
-    input at ``sigma_init``; ``sigma_data``: EDM's data scale.
+    input at ``sigma_init``; ``sigma_data``: EDM's data scale; ``sample_size``: the latent side for
+    a network whose config has none (Flux); ``guidance``: the value of a guidance-distilled
+    network's guidance input (Flux-dev), the teacher's, fixed.
     """
 
     config_name = "scheduler_config.json"
@@ -37,7 +39,8 @@ class OneStepScheduler(SchedulerMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, sigma_init: float = 2.5, timestep_init: float = 0.0, parameterization: str = "vp",
-                 prediction_type: str = "epsilon", sigma_data: float = 0.5):
+                 prediction_type: str = "epsilon", sigma_data: float = 0.5, sample_size: int | None = None,
+                 guidance: float | None = None):
         self.timesteps = torch.tensor([float(timestep_init)])
         self.num_inference_steps = 1
 

@@ -12,6 +12,7 @@ libraries: a ``model_index.json`` that names any other module is refused, never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..core.modules import freeze
 from ..core.tensors import cat_cond, map_cond, take_rows, to_device
 from ..errors import OnestepError
 from ..nets.attention import apply_attention
-from ..nets.diffusers_unet import DiffusersDenoiser, parameterization_of
+from ..nets.diffusers_unet import DiffusersDenoiser, network_param
 from ..portable.edm_form import decode_latents
 from ..portable.integrity import verify_checksums
 from ..portable.prompts import TEXT_PARTS
@@ -83,10 +84,29 @@ def _load_component(path: Path, name: str, entry, dtype=None, folder: str | None
         if dtype is not None:
             kwargs["torch_dtype"] = dtype
     try:
-        return cls.from_pretrained(str(path), **kwargs)
+        with _quiet(cls):
+            return cls.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # torn weights, shape mismatches, wrong configs: one line
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise OnestepError(f"pipeline at '{path}': cannot load '{folder}' ({type(exc).__name__}: {first})") from None
+
+
+@contextlib.contextmanager
+def _quiet(cls):
+    """Without transformers' per-component "Loading weights" bars (local reads of a few seconds that
+    would otherwise sit above any one-line error)."""
+    if not cls.__module__.startswith("transformers"):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_pipeline(path: str, download: bool = True) -> Path:
@@ -291,16 +311,33 @@ class DiffusersTeacher(Teacher):
         return decode_latents(self.vae, x, self.latent_scaling)
 
 
+def check_layout(path: str, parts: dict) -> None:
+    """Components a network family cannot do without, refused in one line: Flux's T5 encoder."""
+    if type(parts.get("unet")).__name__ == "FluxTransformer2DModel" and (
+            parts.get("text_encoder_2") is None or parts.get("tokenizer_2") is None):
+        raise OnestepError(f"pipeline at '{path}': a Flux pipeline needs its T5 encoder (text_encoder_2 and "
+                           f"tokenizer_2); this one has none")
+
+
 def load_diffusers_teacher(path: str, subfolder: str | None = None, dtype: str = "float32",
                            prompts_file: str | None = None, guidance_scale: float = 1.0, attention: str = "auto",
-                           device="cpu", trust_remote_code: bool = False) -> DiffusersTeacher:
-    """Load, convert, freeze and set the attention kernels of a diffusers teacher."""
+                           device="cpu", trust_remote_code: bool = False,
+                           resolution: int | None = None) -> DiffusersTeacher:
+    """Load, convert, freeze and set the attention kernels of a diffusers teacher.
+
+    ``guidance_scale``: classifier-free guidance (two passes), or, for a guidance-distilled model
+    (Flux-dev), the value of its guidance input (one pass; the generator gets the same input)."""
     torch_dtype = DTYPES[dtype]
     parts = load_components(path, subfolder, torch_dtype, trust_remote_code=trust_remote_code)
-    network = DiffusersDenoiser(parts["unet"], parameterization_of(parts["scheduler"]), latent="vae" in parts)
+    check_layout(path, parts)
+    vae = parts.get("vae")
+    param = network_param(parts["unet"], parts["scheduler"], dict(vae.config) if vae is not None else None,
+                          resolution, guidance_scale)
+    network = DiffusersDenoiser(parts["unet"], param, latent="vae" in parts)
+    cfg_scale = 1.0 if network.guidance is not None else guidance_scale  # embedded guidance: no second pass
     teacher = DiffusersTeacher(
-        network, vae=parts.get("vae"), text_parts={k: parts.get(k) for k in TEXT_PARTS},
-        prompts=read_prompts(prompts_file), guidance_scale=guidance_scale, scheduler=parts["scheduler"],
+        network, vae=vae, text_parts={k: parts.get(k) for k in TEXT_PARTS},
+        prompts=read_prompts(prompts_file), guidance_scale=cfg_scale, scheduler=parts["scheduler"],
     ).to(device)
     apply_attention([teacher.network], attention, device, torch_dtype)
     return teacher

@@ -157,17 +157,21 @@ def _diffusers_build(t: TeacherConfig, ctx: BuildContext) -> Teacher:
     from .diffusers import load_diffusers_teacher
 
     return load_diffusers_teacher(t.path, t.subfolder, t.dtype, t.prompts, t.guidance_scale, ctx.attention,
-                                  ctx.device, trust_remote_code=t.trust_remote_code)
+                                  ctx.device, trust_remote_code=t.trust_remote_code, resolution=t.resolution)
 
 
 def _diffusers_skeleton(t: TeacherConfig, n: NetworkConfig) -> tuple[nn.Module, int]:
     if t.trust_remote_code:
         raise OnestepError("no memory estimate for a pipeline with its own code (teacher.trust_remote_code)")
-    from ..nets.diffusers_unet import DiffusersDenoiser, parameterization_of
-    from .diffusers import skeleton_components
+    from ..nets.diffusers_unet import DiffusersDenoiser, network_param
+    from .diffusers import check_layout, skeleton_components
 
     parts = skeleton_components(t.path, t.subfolder)
-    network = DiffusersDenoiser(parts["unet"], parameterization_of(parts["scheduler"]), latent="vae" in parts)
+    check_layout(t.path, {**parts, "tokenizer_2": True} if "text_encoder_2" in parts else parts)
+    vae = parts.get("vae")
+    param = network_param(parts["unet"], parts["scheduler"], dict(vae.config) if vae is not None else None,
+                          t.resolution, t.guidance_scale)
+    network = DiffusersDenoiser(parts["unet"], param, latent="vae" in parts)
     aux = sum(p.numel() for name, m in parts.items() if name not in ("unet", "scheduler") and isinstance(m, nn.Module)
               for p in m.parameters())
     return network, aux

@@ -42,8 +42,9 @@ GIB = 2.0**30
 LARGEST_GPU = 139 * GIB  # an H200 (141 GB): beyond it no single GPU runs the config
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # token lengths of the prompt embeddings the stock pipelines make (CLIP 77; SD3: 77 CLIP + 256 T5;
-# PixArt-Sigma: 300 T5 tokens)
-TOKENS = {"UNet2DConditionModel": 77, "SD3Transformer2DModel": 77 + 256, "PixArtTransformer2DModel": 300}
+# PixArt-Sigma: 300 T5 tokens; Flux: 512 T5 tokens, CLIP only pooled)
+TOKENS = {"UNet2DConditionModel": 77, "SD3Transformer2DModel": 77 + 256, "PixArtTransformer2DModel": 300,
+          "FluxTransformer2DModel": 512}
 
 
 @dataclass
@@ -92,7 +93,9 @@ class _FusedAttention(torch.autograd.Function):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _fused_sdpa(q, k, v, *args, **kwargs):
+def _fused_sdpa(*args, **kwargs):
+    """``scaled_dot_product_attention`` called positionally or by keyword (diffusers' dispatcher)."""
+    q, k, v = (list(args[:3]) + [kwargs.get(n) for n in ("query", "key", "value")[len(args[:3]):]])
     return _FusedAttention.apply(q, k, v)
 
 
@@ -166,6 +169,10 @@ def _dummy_cond(unet: nn.Module, batch: int):
     if name == "PixArtTransformer2DModel":
         return {"encoder_hidden_states": torch.empty(batch, TOKENS[name], cfg.caption_channels),
                 "encoder_attention_mask": torch.ones(batch, TOKENS[name])}
+    if name == "FluxTransformer2DModel":
+        cond = {"encoder_hidden_states": torch.empty(batch, TOKENS[name], cfg.joint_attention_dim),
+                "pooled_projections": torch.empty(batch, cfg.pooled_projection_dim)}
+        return {**cond, "guidance": torch.full((batch,), 3.5)} if cfg.guidance_embeds else cond
     raise OnestepError(f"no memory estimate for {name}")
 
 
@@ -235,7 +242,8 @@ def estimate(config: Config, processes: int) -> Estimate:
     fp32 = {name: 4 * count / split for name, count in trained.items()}
     adapters = {name: getattr(config, name).lora.rank is not None for name in trained}
     networks = " + ".join(name.replace("_", " ") + (" LoRA" if adapters[name] else "") for name in trained)
-    guidance_passes = kinds.get(config.teacher.kind).guidance_passes(config.teacher)
+    guidance_passes = 1 if getattr(network, "guidance", None) is not None else \
+        kinds.get(config.teacher.kind).guidance_passes(config.teacher)  # (an embedded guidance: one pass)
     graphs = Plan.from_config(config).graph_batches(local, tr.batch_size, guidance_passes)
     # linear in the batch: the graphs' saved tensors together, one region recomputed at a time
     act = kept * sum(graphs) / local + region * max(graphs) / local

@@ -19,7 +19,7 @@ Imports only torch and diffusers, plus ``edm_form`` next to it (both are copied 
 Prompts -> the conditioning of a text-to-image network, through diffusers' own pipelines.
 
 Stable Diffusion 1.x / 2.x (one CLIP encoder) embed with ``encode_prompts`` (the padding and
-truncation of ``StableDiffusionPipeline``): a tensor (B, L, D). SDXL, SD3 and PixArt go through
+truncation of ``StableDiffusionPipeline``): a tensor (B, L, D). SDXL, SD3, PixArt and Flux go through
 their stock pipeline's ``encode_prompt`` (built on the same components, nothing copied), so the
 embeddings are exactly the teacher's: a dict of the network's keyword inputs.
 Imports only torch and diffusers (copied into every export).
@@ -56,6 +56,7 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     DiTTransformer2DModel,
+    FluxTransformer2DModel,
     PixArtTransformer2DModel,
     SD3Transformer2DModel,
     UNet2DConditionModel,
@@ -170,9 +171,29 @@ def call_unet(unet, x_in: torch.Tensor, timestep: torch.Tensor, cond) -> torch.T
             kwargs["encoder_hidden_states"] = cond.to(dtype)
     if type(unet).__name__ == "PixArtTransformer2DModel":
         kwargs.setdefault("added_cond_kwargs", {"resolution": None, "aspect_ratio": None})
+    if type(unet).__name__ == "FluxTransformer2DModel":
+        return call_flux(unet, x_in, timestep, kwargs, dtype)
     out = unet(x_in.to(dtype), timestep=timestep, **kwargs).sample.float()
     channels = x_in.shape[1]
     return out[:, :channels] if out.shape[1] == 2 * channels else out
+
+
+def call_flux(unet, x_in: torch.Tensor, timestep: torch.Tensor, kwargs: dict, dtype) -> torch.Tensor:
+    """A Flux transformer on latents (B, C, H, W), as ``FluxPipeline`` calls it: the latents packed
+    2x2 into tokens (B, HW/4, 4C) with their rotary position ids (``_pack_latents``,
+    ``_prepare_latent_image_ids``), zero text ids, the time in [0, 1] (``timestep / 1000``) and,
+    for a guidance-distilled model, ``kwargs["guidance"]`` (B,); the output unpacked to (B, C, H, W)."""
+    b, c, h, w = x_in.shape
+    tokens = x_in.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+    img_ids = torch.zeros(h // 2, w // 2, 3, device=x_in.device)
+    img_ids[..., 1] += torch.arange(h // 2, device=x_in.device)[:, None]
+    img_ids[..., 2] += torch.arange(w // 2, device=x_in.device)[None, :]
+    text = kwargs["encoder_hidden_states"]
+    txt_ids = torch.zeros(text.shape[1], 3, device=x_in.device, dtype=dtype)
+    guidance = kwargs.pop("guidance", None)
+    out = unet(tokens.to(dtype), timestep=(timestep / 1000).to(dtype), img_ids=img_ids.reshape(-1, 3).to(dtype),
+               txt_ids=txt_ids, guidance=guidance.float() if guidance is not None else None, **kwargs).sample
+    return out.float().reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 def denoise(unet, x, sigma, timestep, cond, parameterization: str, prediction_type: str, sigma_data: float):
@@ -234,7 +255,9 @@ class OneStepScheduler(SchedulerMixin, ConfigMixin):
 
     ``parameterization``: ``vp`` | ``edm`` | ``flow``; ``prediction_type``: the network's output
     (``epsilon`` | ``v_prediction`` | ``sample`` | ``flow``); ``timestep_init``: the network's time
-    input at ``sigma_init``; ``sigma_data``: EDM's data scale.
+    input at ``sigma_init``; ``sigma_data``: EDM's data scale; ``sample_size``: the latent side for
+    a network whose config has none (Flux); ``guidance``: the value of a guidance-distilled
+    network's guidance input (Flux-dev), the teacher's, fixed.
     """
 
     config_name = "scheduler_config.json"
@@ -242,7 +265,8 @@ class OneStepScheduler(SchedulerMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, sigma_init: float = 2.5, timestep_init: float = 0.0, parameterization: str = "vp",
-                 prediction_type: str = "epsilon", sigma_data: float = 0.5):
+                 prediction_type: str = "epsilon", sigma_data: float = 0.5, sample_size: int | None = None,
+                 guidance: float | None = None):
         self.timesteps = torch.tensor([float(timestep_init)])
         self.num_inference_steps = 1
 
@@ -279,6 +303,7 @@ STOCK = {  # network class (and whether a second text encoder is present) -> the
     ("SD3Transformer2DModel", True): "StableDiffusion3Pipeline",
     ("SD3Transformer2DModel", False): "StableDiffusion3Pipeline",
     ("PixArtTransformer2DModel", False): "PixArtAlphaPipeline",
+    ("FluxTransformer2DModel", True): "FluxPipeline",
 }
 TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
 
@@ -334,6 +359,14 @@ def encode_text(network, parts: dict, prompts: list[str], image_size: tuple[int,
                                                       do_classifier_free_guidance=True)
         cond = {"encoder_hidden_states": pe, "pooled_projections": pooled}
         uncond = {"encoder_hidden_states": npe[:1], "pooled_projections": npooled[:1]}
+    elif name == "FluxPipeline":  # guidance-distilled: no negative branch (the guidance is a network input)
+        length = min(int(parts["tokenizer_2"].model_max_length), 512)
+        pe, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1,
+                                           max_sequence_length=length)
+        npe, npooled, _ = pipe.encode_prompt([""], None, device=device, num_images_per_prompt=1,
+                                             max_sequence_length=length)
+        cond = {"encoder_hidden_states": pe, "pooled_projections": pooled}
+        uncond = {"encoder_hidden_states": npe, "pooled_projections": npooled}
     else:  # PixArt
         length = min(int(parts["tokenizer"].model_max_length), 300)
         pe, mask, npe, nmask = pipe.encode_prompt(prompts, do_classifier_free_guidance=True, device=device,
@@ -482,12 +515,13 @@ class OneStepPipeline(DiffusionPipeline):
         self,
         scheduler: OneStepScheduler,
         unet: UNet2DModel | UNet2DConditionModel | None = None,
-        transformer: DiTTransformer2DModel | SD3Transformer2DModel | PixArtTransformer2DModel | None = None,
+        transformer: DiTTransformer2DModel | SD3Transformer2DModel | PixArtTransformer2DModel | FluxTransformer2DModel
+        | None = None,
         vae: AutoencoderKL | None = None,
         text_encoder: CLIPTextModel | CLIPTextModelWithProjection | T5EncoderModel | None = None,
         tokenizer: CLIPTokenizer | T5TokenizerFast | None = None,
-        text_encoder_2: CLIPTextModelWithProjection | None = None,
-        tokenizer_2: CLIPTokenizer | None = None,
+        text_encoder_2: CLIPTextModelWithProjection | T5EncoderModel | None = None,
+        tokenizer_2: CLIPTokenizer | T5TokenizerFast | None = None,
         text_encoder_3: T5EncoderModel | None = None,
         tokenizer_3: T5TokenizerFast | None = None,
     ):
@@ -576,7 +610,9 @@ class OneStepPipeline(DiffusionPipeline):
         return repeat(prompt_embeds), None
 
     def _sample_shape(self, height, width) -> tuple[int, ...]:
-        c, size = self.network.config.in_channels, self.network.config.sample_size
+        c, size = self.network.config.in_channels, getattr(self.network.config, "sample_size", None)
+        if size is None:  # latents packed 2x2 into tokens (Flux): the size is the scheduler's
+            c, size = c // 4, self.scheduler.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         trained = (h * self.vae_scale_factor, w * self.vae_scale_factor)
         if (height or trained[0], width or trained[1]) != trained:
@@ -610,6 +646,8 @@ class OneStepPipeline(DiffusionPipeline):
         sched = self.scheduler
         x = sched.init_noise_sigma * z.float()
         t = torch.full((len(z),), float(sched.timesteps[0]), device=z.device, dtype=torch.float32)
+        if sched.config.get("guidance") is not None:  # a guidance-distilled network's fixed guidance input
+            cond = {**cond, "guidance": torch.full((len(z),), float(sched.config.guidance), device=z.device)}
         out = call_unet(self.network, sched.scale_model_input(x, t), t, cond)
         return sched.step(out, t, x).prev_sample
 

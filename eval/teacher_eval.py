@@ -4,7 +4,9 @@ several evaluation seeds, copy-check distances, a sample grid (onestep.evaluatio
 
     python eval/teacher_eval.py --teacher onestep/resources/fashion-teacher --dataset fashion-mnist
 
-Writes ``<teacher>/evaluation.json`` and ``<teacher>/samples.png``; prints the table. On two CPU
+Writes ``<teacher>/evaluation.json`` and ``<teacher>/samples.png``; prints the table. Each finished
+measurement is kept in ``<teacher>/evaluation.partial.json`` until the end: run the same command
+again after an interruption and it resumes. On two CPU
 threads a 1.1M-parameter 28x28 teacher costs about 7 ms per image per network evaluation.
 """
 
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from onestep import (
+    PARTIAL_FILE,
     OnestepError,
     TeacherProtocol,
     build_teacher,
@@ -48,8 +52,10 @@ def main(argv=None) -> int:
     except OnestepError as exc:
         print(f"teacher_eval: error: {exc}", file=sys.stderr)
         return 2
-    result = evaluate_teacher(teacher, cfg.schedule, protocol, reference, train)
+    partial = Path(args.teacher) / PARTIAL_FILE  # an interrupted evaluation resumes from it
+    result = evaluate_teacher(teacher, cfg.schedule, protocol, reference, train, partial=partial)
     path = write_evaluation(args.teacher, result)
+    partial.unlink(missing_ok=True)
     save_teacher_grid(teacher, cfg.schedule, result["best_nfe"], path.parent / "samples.png")
     fds = ", ".join(f"seed {s}: {v:.3f}" for s, v in result["fd"].items())
     print(f"best NFE {result['best_nfe']}: FD-{features} {fds} ({protocol.num_samples} samples); "

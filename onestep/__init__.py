@@ -58,6 +58,7 @@ _API = {
     "save_grid": ("onestep.core.images", "save_grid"),
     "TeacherProtocol": ("onestep.evaluation.teacher_eval", "TeacherProtocol"),
     "evaluate_teacher": ("onestep.evaluation.teacher_eval", "evaluate_teacher"),
+    "PARTIAL_FILE": ("onestep.evaluation.teacher_eval", "PARTIAL_FILE"),
     "save_teacher_grid": ("onestep.evaluation.teacher_eval", "save_teacher_grid"),
     "read_evaluation": ("onestep.evaluation.teacher_eval", "read_evaluation"),
     "write_evaluation": ("onestep.evaluation.teacher_eval", "write_evaluation"),

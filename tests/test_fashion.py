@@ -246,3 +246,47 @@ def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_
     row = json.loads((out / "run" / "benchmark.json").read_text())
     assert row["fd_seed0"] == pytest.approx(report["student"]["fd_by_seed"]["0"])
     assert row["teacher_best"]["fd"] == stored["fd"] and row["features"] == "fashion"
+
+
+def test_an_interrupted_teacher_evaluation_resumes_where_it_stopped(subset, tmp_path, monkeypatch):
+    """eval/teacher_eval.py keeps each finished measurement: killed after the first sweep point, the
+    same command redoes only what is missing and gives the uninterrupted result."""
+    import importlib.util
+
+    from onestep.evaluation import teacher_eval
+
+    root = _write(tmp_path / "mine" / "FashionMNIST" / "raw", subset, packed=False).parents[1]
+    monkeypatch.setenv("ONESTEP_DATA", str(root))
+    teacher = tmp_path / "teacher"
+    assert main(["train-teacher", "--config", "configs/fashion-teacher.yaml", "--output", str(teacher),
+                 "--set", "steps=2", "--set", "progress=false", "--set", "unet.block_out_channels=[8,8,16]",
+                 "--set", "unet.norm_num_groups=4"]) == 0
+    spec = importlib.util.spec_from_file_location("teacher_eval", "eval/teacher_eval.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--teacher", str(teacher), "--nfe", "1,3", "--sweep-samples", "16", "--num-samples", "16", "--seeds", "0,1"]
+    assert script.main(args) == 0
+    whole = json.loads((teacher / "evaluation.json").read_text())
+    assert not (teacher / teacher_eval.PARTIAL_FILE).exists()
+
+    real, calls = teacher_eval.nfe_sweep, []
+
+    def dies_on_the_second(*a, **k):
+        calls.append(a[3])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(teacher_eval, "nfe_sweep", dies_on_the_second)
+    (teacher / "evaluation.json").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        script.main(args)
+    kept = json.loads((teacher / teacher_eval.PARTIAL_FILE).read_text())
+    assert list(kept["sweep"]) == ["1"] and not (teacher / "evaluation.json").exists()
+    calls.clear()
+    monkeypatch.setattr(teacher_eval, "nfe_sweep", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    assert script.main(args) == 0
+    assert calls == [(3,)]  # NFE 1 was not sampled again
+    again = json.loads((teacher / "evaluation.json").read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in whole.items() if k != "seconds"}
+    assert not (teacher / teacher_eval.PARTIAL_FILE).exists()

@@ -20,6 +20,7 @@ import torch
 
 from ..core.images import save_grid
 from ..core.io import atomic_write_text
+from ..core.modules import fingerprint
 from ..core.samplers import edm_sample, heun_steps_for_nfe, per_index_noise
 from ..errors import OnestepError
 from .copy_check import distance_quantiles, nearest_distances
@@ -27,6 +28,7 @@ from .fd import FDScorer
 from .nfe import nfe_sweep, teacher_samples_at
 
 EVALUATION_FILE = "evaluation.json"
+PARTIAL_FILE = "evaluation.partial.json"  # the measurements of an evaluation still under way
 GRID_FILE = "samples.png"
 
 
@@ -48,27 +50,70 @@ def grid_labels(num_classes: int, per_class: int = 10) -> torch.Tensor:
 
 
 def evaluate_teacher(teacher, schedule, protocol: TeacherProtocol, reference: torch.Tensor, train: torch.Tensor,
-                     log=print) -> dict:
-    """The measurements of the module docstring (1-3) as a JSON-able dict."""
+                     log=print, partial: Path | None = None) -> dict:
+    """The measurements of the module docstring (1-3) as a JSON-able dict.
+
+    ``partial``: a file where each finished measurement (a sweep point, a seed's FD, the copy
+    check) is kept as it completes, so that an interrupted evaluation resumes where it stopped;
+    it is used only when it was made under the same protocol for the same weights, and removed
+    once the result is complete."""
     scorer = FDScorer(reference, protocol.features)
     t0 = time.perf_counter()
+    key = {"protocol": _stored(protocol), "weights": fingerprint(teacher.network)}
+    done = _read_partial(partial, key, log)
+    seconds0 = done.get("seconds", 0.0)
+
+    def keep():
+        if partial is not None:
+            done["seconds"] = round(seconds0 + time.perf_counter() - t0, 1)
+            atomic_write_text(json.dumps({**done, "key": key}) + "\n", partial)
+
     log(f"teacher sweep: NFE {', '.join(map(str, protocol.sweep_nfes))} on {protocol.sweep_samples} samples ...")
-    sweep = nfe_sweep(teacher, schedule, scorer, protocol.sweep_nfes, protocol.sweep_samples, seed=0)
-    for r in sweep:
+    sweep = done.setdefault("sweep", {})
+    for nfe in protocol.sweep_nfes:
+        if str(nfe) not in sweep:
+            sweep[str(nfe)] = nfe_sweep(teacher, schedule, scorer, (nfe,), protocol.sweep_samples, seed=0)[0]
+            keep()
+        r = sweep[str(nfe)]
         log(f"  NFE {r['nfe']:3d}: FD {r['fd']:.3f} ({r['images_per_s']:.0f} images/s)")
-    best = min(sweep, key=lambda r: r["fd"])
-    fd, nearest, speed = {}, None, []
+    rows = [sweep[str(nfe)] for nfe in protocol.sweep_nfes]
+    best = min(rows, key=lambda r: r["fd"])
+    fd, speed = done.setdefault("fd", {}), done.setdefault("speed", {})
     for seed in protocol.seeds:
-        x, ips = teacher_samples_at(teacher, schedule, best["nfe"], protocol.num_samples, seed)
-        fd[str(seed)] = scorer(x)
-        speed.append(ips)
+        if str(seed) not in fd or (done.get("nearest") is None and seed == protocol.seeds[0]):
+            x, speed[str(seed)] = teacher_samples_at(teacher, schedule, best["nfe"], protocol.num_samples, seed)
+            fd[str(seed)] = scorer(x)
+            if done.get("nearest") is None:
+                done["nearest"] = distance_quantiles(nearest_distances(x, train))
+            keep()
         log(f"  best NFE {best['nfe']}, seed {seed}: FD {fd[str(seed)]:.3f} on {protocol.num_samples} samples")
-        if nearest is None:
-            nearest = distance_quantiles(nearest_distances(x, train))
-    return {"protocol": asdict(protocol), "sweep": sweep, "best_nfe": best["nfe"], "fd": fd,
-            "images_per_s": sum(speed) / len(speed), "nearest_training_distance": nearest,
-            "dtype": str(next(teacher.network.parameters()).dtype).replace("torch.", ""),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    result = {"protocol": asdict(protocol), "sweep": rows, "best_nfe": best["nfe"],
+              "fd": {str(s): fd[str(s)] for s in protocol.seeds},
+              "images_per_s": sum(speed[str(s)] for s in protocol.seeds) / len(protocol.seeds),
+              "nearest_training_distance": done["nearest"],
+              "dtype": str(next(teacher.network.parameters()).dtype).replace("torch.", ""),
+              "seconds": round(seconds0 + time.perf_counter() - t0, 1)}
+    return result
+
+
+def _stored(protocol: TeacherProtocol) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(protocol).items()}
+
+
+def _read_partial(partial: Path | None, key: dict, log) -> dict:
+    """The measurements an interrupted evaluation kept, if made under ``key``; else nothing."""
+    if partial is None or not Path(partial).is_file():
+        return {}
+    try:
+        done = json.loads(Path(partial).read_text())
+    except ValueError:
+        return {}
+    if not isinstance(done, dict) or done.pop("key", None) != key:
+        log(f"ignoring {partial}: made under another protocol or for other weights")
+        return {}
+    kept = len(done.get("sweep", {})) + len(done.get("fd", {}))
+    log(f"resuming from {partial} ({kept} measurements kept, {done.get('seconds', 0):.0f} s)")
+    return done
 
 
 def save_teacher_grid(teacher, schedule, nfe: int, path, seed: int = 1) -> None:
@@ -97,8 +142,7 @@ def read_evaluation(directory, protocol: TeacherProtocol) -> dict:
                            f"--teacher {directory}`") from None
     except ValueError:
         raise OnestepError(f"{path} is not valid JSON; evaluate the teacher again (eval/teacher_eval.py)") from None
-    stored = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(protocol).items()}
-    if result.get("protocol") != stored:
+    if result.get("protocol") != _stored(protocol):
         raise OnestepError(f"{path} was made under another protocol ({result.get('protocol')}); evaluate the "
                            f"teacher again (eval/teacher_eval.py)")
     return result

@@ -28,7 +28,8 @@ from .core.paths import LORA_MARKER, pipeline_class
 from .errors import OnestepError
 from .nets import lora
 from .nets.diffusers_unet import DEFAULT_RESOLUTION
-from .runs import load_generator
+from .runs import load_generator, run_config
+from .teachers.diffusers import resolve_pipeline
 
 # base pipelines with a LoRA loader, and the component their LoRA adapts
 LORA_PIPELINES = {"StableDiffusionPipeline": "unet", "StableDiffusionXLPipeline": "unet",
@@ -36,13 +37,23 @@ LORA_PIPELINES = {"StableDiffusionPipeline": "unet", "StableDiffusionXLPipeline"
 KIND = "OneStepLoRA"
 
 
+def teacher_dir(cfg) -> Path:
+    """The teacher's local directory (a hub id: its cached snapshot; nothing is downloaded)."""
+    return resolve_pipeline(str(cfg.teacher.path), download=False)
+
+
 def base_pipeline(cfg) -> str:
-    """The teacher's stock pipeline class, refused in one line where it has no LoRA loader."""
-    found = pipeline_class(Path(str(cfg.teacher.path))) if cfg.teacher.path else None
+    """The teacher's stock pipeline class, refused in one line where it has no LoRA loader, or
+    where the run adapted another subfolder than the one its loader targets."""
+    found = pipeline_class(teacher_dir(cfg)) if cfg.teacher.path else None
     if found not in LORA_PIPELINES:
-        what = f"a {found}" if found else f"{cfg.teacher.path} (not a local pipeline directory)"
+        what = f"a {found}" if found else f"{cfg.teacher.path} (not a pipeline directory)"
         raise OnestepError(f"--lora exports for pipelines with a LoRA loader ({', '.join(LORA_PIPELINES)}); the "
                            f"teacher is {what}: export the full pipeline instead (drop --lora)")
+    component = LORA_PIPELINES[found]
+    if cfg.teacher.subfolder not in (None, component):
+        raise OnestepError(f"--lora: the run adapted teacher.subfolder '{cfg.teacher.subfolder}', but "
+                           f"{found}.load_lora_weights adapts its '{component}'; export the full pipeline instead")
     return found
 
 
@@ -78,7 +89,7 @@ def flux_call(cfg) -> dict:
     the T5 length the conditioning was encoded with (``portable.prompts.encode_text``)."""
     side = cfg.teacher.resolution or DEFAULT_RESOLUTION
     try:
-        tokenizer = json.loads((Path(str(cfg.teacher.path)) / "tokenizer_2" / "tokenizer_config.json").read_text())
+        tokenizer = json.loads((teacher_dir(cfg) / "tokenizer_2" / "tokenizer_config.json").read_text())
         length = min(int(tokenizer.get("model_max_length", 512)), 512)
     except (OSError, ValueError, TypeError):
         length = 512
@@ -88,14 +99,15 @@ def flux_call(cfg) -> dict:
 def export_lora(run_dir, output, ema: bool = False) -> Path:
     """Write the LoRA directory of a LoRA run's generator (raw or EMA); returns its path."""
     import diffusers
-    from peft import get_peft_model_state_dict
 
-    generator, cfg, step = load_generator(run_dir, ema=ema)
-    view = generator.network
-    if not isinstance(view, lora.AdapterView):
+    cfg = run_config(run_dir)  # checked before the weights are loaded
+    if cfg.generator.lora.rank is None:
         raise OnestepError(f"--lora: run {run_dir} trained the full generator (generator.lora was not set); "
                            f"export it without --lora")
     base = base_pipeline(cfg)
+    get_peft_model_state_dict = lora.require_peft().get_peft_model_state_dict
+    generator, cfg, step = load_generator(run_dir, ema=ema)
+    view = generator.network
     recipe = one_step_recipe(view, cfg.generator.sigma_init, base, flux_call(cfg) if base == "FluxPipeline" else None)
     model = view.base.unet
     layers = get_peft_model_state_dict(model, adapter_name=view.name)

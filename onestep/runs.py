@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
-from .core.io import load_safetensors, unpack_module
+from .core.io import load_safetensors, safetensors_header, unpack_module
 from .core.modules import fingerprint
 from .core.rundir import NETWORK_FILE, latest_checkpoint, latest_valid_checkpoint
 from .core.tensors import cycled_labels, take_rows
@@ -20,8 +20,7 @@ from .nets.generator import OneStepGenerator
 from .nets.spec import build_network
 from .portable.edm_form import decode_latents
 from .portable.prompts import TEXT_PARTS
-from .teachers import kinds
-from .teachers.diffusers import load_components, read_prompts
+from .teachers.diffusers import load_components, load_network, read_prompts
 
 
 def resolve_checkpoint(run_dir: str | Path) -> Path:
@@ -70,11 +69,22 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tupl
     return generator.to(device).eval().requires_grad_(False), cfg, step
 
 
+def run_config(run_dir) -> config_mod.Config:
+    """The config a run's newest sound checkpoint was written under (its header only: no tensors read)."""
+    path = resolve_checkpoint(run_dir)
+    _, raw = safetensors_header(path)
+    try:
+        return config_mod.from_dict(json.loads(raw["config"]), stored=True)
+    except (KeyError, ValueError):
+        raise OnestepError(f"{path} is not an onestep checkpoint (no config in its metadata)") from None
+
+
 def lora_base(cfg, raw: dict, path: Path, device):
     """The frozen teacher network a LoRA run's adapters sit on, built from ``cfg.teacher`` and
     checked against the fingerprint the checkpoint ``path`` recorded (``raw``: its metadata)."""
-    ctx = kinds.BuildContext(cfg.network, cfg.schedule, cfg.train.seed, cfg.attention, None, device, False)
-    network = kinds.get(cfg.teacher.kind).build(cfg.teacher, ctx).network
+    t = cfg.teacher
+    network = load_network(t.path, t.subfolder, t.dtype, t.guidance_scale, t.resolution, cfg.attention, device,
+                           t.trust_remote_code)
     recorded = json.loads(raw.get("network_fingerprint", "null"))
     if recorded is not None and not math.isclose(fingerprint(network, skip=lora.is_adapter_parameter), recorded,
                                                  rel_tol=1e-9):

@@ -296,3 +296,40 @@ def test_the_estimate_of_a_lora_run_equals_its_checkpoint(tmp_path, teacher_path
     assert rows["generator LoRA + fake score LoRA (fp32)"] == total(("generator.", "fake_score."))
     assert rows["EMA (fp32)"] == total(("ema.",))
     assert rows["Adam moments (2 x fp32)"] == total(("opt_generator.", "opt_fake."), ("exp_avg", "exp_avg_sq"))
+
+
+def test_adapters_train_in_fp32_on_a_bf16_teacher(tmp_path, teacher_path):
+    """peft gives a new adapter its base layer's dtype; a bf16 base must still train fp32 adapters
+    (bf16 would lose Adam's small updates and the EMA's averaging)."""
+    cfg = config_mod.from_dict({"teacher": {"kind": "diffusers", "path": teacher_path, "dtype": "bfloat16"},
+                                "objective": {"name": "dmd"}, **LORA,
+                                "train": {"steps": 1, "batch_size": 2, "progress": False, "ema_halflife_kimg": 0.01}})
+    tr = build_trainer(cfg, tmp_path / "run")
+    base = tr.teacher.network
+    assert {p.dtype for n, p in base.named_parameters() if not lora.is_adapter_parameter(n)} == {torch.bfloat16}
+    gen, fake = tr.method.nets.plain_generator, tr.method.nets.plain_fake_score
+    for module in (gen, fake, tr.ema.module):
+        assert {p.dtype for p in module.parameters()} == {torch.float32}
+    tr.fake_step(reuse=False)  # (at the start the fake score is the teacher: dmd's gradient is zero)
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    tr.generator_step()
+    assert any(not torch.equal(v, before[k]) for k, v in gen.state_dict().items())
+
+
+def test_a_lora_run_refuses_to_resume_on_other_teacher_weights(tmp_path, teacher_path, capsys):
+    import shutil
+
+    from diffusers import UNet2DModel
+
+    copy = tmp_path / "teacher"
+    shutil.copytree(teacher_path, copy)
+    assert _run(tmp_path, str(copy), 1) == 0
+    unet = UNet2DModel.from_pretrained(copy / "unet")
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(0.5)
+    unet.save_pretrained(copy / "unet")
+    (copy / "checksums.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert _run(tmp_path, str(copy), 2, resume=True) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differ from those its LoRA adapters were trained on" in err[0], err

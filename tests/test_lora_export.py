@@ -149,3 +149,36 @@ def test_a_lora_export_is_not_a_pipeline_and_overwrites_only_its_kind(tmp_path, 
     assert main(["export", "--run", str(sd_lora_run), "--output", str(full), "--lora", "--overwrite"]) == 2
     assert "not an earlier output (a OneStepPipeline" in _one_line(capsys)
     assert (full / "model_index.json").is_file()
+
+
+def test_lora_export_finds_a_hub_id_teachers_cached_snapshot(tmp_path, monkeypatch, sd_lora_run):
+    """teacher.path may be a hub id (the shipped configs'): --lora reads its pipeline class from the
+    local Hugging Face cache, nothing downloaded."""
+    import shutil
+
+    cfg = yaml.safe_load((sd_lora_run / "config.yaml").read_text())
+    teacher = cfg["teacher"]["path"]
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny--sd" / "snapshots" / "0123abcd"
+    shutil.copytree(teacher, snapshot)
+    (cache / "models--tiny--sd" / "refs").mkdir()
+    (cache / "models--tiny--sd" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    from onestep.export_lora import base_pipeline
+
+    parsed = __import__("onestep").config.from_dict({**cfg, "teacher": {**cfg["teacher"], "path": "tiny/sd"}},
+                                                      stored=True)
+    assert base_pipeline(parsed) == "StableDiffusionPipeline"
+
+
+def test_without_peft_lora_export_says_what_to_install(tmp_path, capsys, monkeypatch, sd_lora_run):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    capsys.readouterr()
+    assert main(["export", "--run", str(sd_lora_run), "--output", str(tmp_path / "out"), "--lora"]) == 2
+    assert "onestep[lora]" in _one_line(capsys) and not (tmp_path / "out").exists()

@@ -9,10 +9,12 @@ timestep by interpolating ``log sigma`` over the scheduler's training table (the
 
 from __future__ import annotations
 
+import warnings
+
 import diffusers
 import torch
 
-from ..errors import OnestepError
+from ..errors import OnestepError, OnestepWarning
 from ..portable.edm_form import denoise
 from ..portable.prompts import encode_text
 from ..portable.scheduler import OneStepScheduler
@@ -103,6 +105,10 @@ def network_param(unet, scheduler, vae_config=None, resolution: int | None = Non
     if not embeds and guidance_scale != 1.0:
         raise OnestepError("config key 'teacher.guidance_scale': this Flux model has no guidance embedding (and no "
                            "unconditional branch to guide with here); use 1.0")
+    if embeds and guidance_scale == 1.0:
+        warnings.warn("teacher.guidance_scale 1.0 is the guidance input of this guidance-distilled Flux model "
+                      "(FLUX.1-dev is usually run at 3.5); set it to the value its teacher samples should use",
+                      OnestepWarning, stacklevel=3)
     param["guidance"] = float(guidance_scale) if embeds else None
     return param
 

@@ -110,9 +110,14 @@ def count_parameters(denoiser: nn.Module, settings: LoraSettings) -> int:
 
 
 def tuner_layers(denoiser: nn.Module) -> list[nn.Module]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """The LoRA layers of ``denoiser`` (listed once per adapter injection, not per call)."""
+    cached = denoiser.__dict__.get("_lora_layers")
+    if cached is None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [m for m in _model(denoiser).modules() if isinstance(m, BaseTunerLayer)]
+        cached = [m for m in _model(denoiser).modules() if isinstance(m, BaseTunerLayer)]
+        denoiser.__dict__["_lora_layers"] = cached
+    return cached
 
 
 def is_adapter_parameter(name: str) -> bool:
@@ -131,6 +136,10 @@ def add_adapter(denoiser: nn.Module, name: str, settings: LoraSettings) -> Adapt
     with warnings.catch_warnings():  # several adapters on one model is the point here
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         peft.inject_adapter_in_model(config, model, adapter_name=name)
+    denoiser.__dict__.pop("_lora_layers", None)  # (listed again on next use)
+    with torch.no_grad():  # peft gives a new adapter its base layer's dtype: trained weights stay fp32
+        for p in adapter_parameters(denoiser, name).values():
+            p.data = p.data.float()
     for n, p in model.named_parameters():  # peft marks only the newest adapter trainable: restore the rest
         p.requires_grad_(grads.get(id(p), False) if not is_adapter_parameter(n) else
                          (f".{name}." in n or grads.get(id(p), False)))
@@ -263,6 +272,7 @@ def merged_copy(view: AdapterView) -> nn.Module:
         for child_name, child in list(parent.named_children()):
             if isinstance(child, BaseTunerLayer):
                 setattr(parent, child_name, child.get_base_layer())
+    base.__dict__.pop("_lora_layers", None)
     return base
 
 

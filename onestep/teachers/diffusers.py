@@ -319,6 +319,30 @@ def check_layout(path: str, parts: dict) -> None:
                            f"tokenizer_2); this one has none")
 
 
+def load_network(path: str, subfolder: str | None = None, dtype: str = "float32", guidance_scale: float = 1.0,
+                 resolution: int | None = None, attention: str = "auto", device="cpu",
+                 trust_remote_code: bool = False) -> DiffusersDenoiser:
+    """The teacher's frozen denoiser alone, built as ``load_diffusers_teacher`` builds it (same
+    weights, dtype and parameterisation; no text encoding): what a LoRA run's adapters sit on."""
+    torch_dtype = DTYPES[dtype]
+    parts = load_components(path, subfolder, torch_dtype, names=("unet", "scheduler"),
+                            trust_remote_code=trust_remote_code)
+    local = resolve_pipeline(path)
+    index = read_index(local)
+    present = {n: True for n in ("text_encoder_2", "tokenizer_2") if (index.get(n) or [None])[0] is not None}
+    check_layout(path, {**parts, **present})  # (from the index: the text encoders are not loaded)
+    vae_config = None
+    if (index.get("vae") or [None])[0] is not None:
+        try:
+            vae_config = json.loads((local / "vae" / "config.json").read_text())
+        except (OSError, ValueError):
+            raise OnestepError(f"pipeline at '{path}': vae/config.json is missing or not valid JSON") from None
+    param = network_param(parts["unet"], parts["scheduler"], vae_config, resolution, guidance_scale)
+    network = freeze(DiffusersDenoiser(parts["unet"], param, latent=vae_config is not None)).to(device)
+    apply_attention([network], attention, device, torch_dtype)
+    return network
+
+
 def load_diffusers_teacher(path: str, subfolder: str | None = None, dtype: str = "float32",
                            prompts_file: str | None = None, guidance_scale: float = 1.0, attention: str = "auto",
                            device="cpu", trust_remote_code: bool = False,

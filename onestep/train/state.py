@@ -9,6 +9,7 @@ but the keys of ``RESUMABLE_CHANGES``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,15 @@ def pack(st: CheckpointState, record) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def check_base(saved: float | None, current: float | None, record, path: Path) -> None:
+    """A LoRA run's adapters were trained on one base: resuming them on other teacher weights (an
+    updated snapshot, another directory) is refused in one line."""
+    lora = any(getattr(record, name).lora.rank is not None for name in ("generator", "fake_score"))
+    if lora and saved is not None and current is not None and not math.isclose(saved, current, rel_tol=1e-9):
+        raise OnestepError(f"{path.name}: the teacher's weights differ from those its LoRA adapters were trained on; "
+                           f"point teacher.path at that teacher (or start a new run)")
+
+
 def restore(st: CheckpointState, record, acc, path: Path) -> None:
     """Load ``path`` into the named objects of ``st`` (after checking that ``record``, the run's
     config, allows the resume).
@@ -132,6 +142,7 @@ def restore(st: CheckpointState, record, acc, path: Path) -> None:
         raise OnestepError(f"{path} is not an onestep checkpoint (its metadata is not the run's JSON config, "
                            f"step and optimizer state)") from None
     check_resumable(saved_config, record, path)
+    check_base(meta.get("network_fingerprint"), st.network_fingerprint, record, path)
     for name, module in st.modules.items():
         if name in sharded:
             _load_sharded(acc, name, tensors, module, path)

@@ -59,7 +59,8 @@ def evaluate_teacher(teacher, schedule, protocol: TeacherProtocol, reference: to
     once the result is complete."""
     scorer = FDScorer(reference, protocol.features)
     t0 = time.perf_counter()
-    key = {"protocol": _stored(protocol), "weights": fingerprint(teacher.network)}
+    # the weights' fingerprint to 10 significant digits (a float64 sum's last bits may vary by device)
+    key = {"protocol": _stored(protocol), "weights": f"{fingerprint(teacher.network):.10e}"}
     done = _read_partial(partial, key, log)
     seconds0 = done.get("seconds", 0.0)
 

@@ -34,6 +34,8 @@ _API = {
     "load_generator": ("onestep.runs", "load_generator"),
     "export_run": ("onestep.export", "export_run"),
     "load_pipeline": ("onestep.export", "load_pipeline"),
+    "export_lora": ("onestep.export_lora", "export_lora"),
+    "LoraSettings": ("onestep.nets.lora", "LoraSettings"),
     "OneStepGenerator": ("onestep.nets.generator", "OneStepGenerator"),
     "generate": ("onestep.core.samplers", "generate"),
     "latest_checkpoint": ("onestep.core.rundir", "latest_checkpoint"),

@@ -146,7 +146,8 @@ def trained_networks(network, config: Config) -> tuple[OneStepGenerator, FakeSco
     make = {"generator": lambda net: OneStepGenerator(net, config.generator.sigma_init), "fake_score": FakeScore}
     settings = {"generator": config.generator.lora.settings(), "fake_score": config.fake_score.lora.settings()}
     made = {name: make[name](network) for name, s in settings.items() if s is None}
-    made.update({name: make[name](lora.add_adapter(network, name, s)) for name, s in settings.items() if s is not None})
+    made.update({name: make[name](lora.add_adapter(network, name, s, config.train.seed))
+                 for name, s in settings.items() if s is not None})
     return made["generator"], made["fake_score"]
 
 

@@ -65,3 +65,36 @@ def test_two_processes_equal_one(tmp_path, small_teacher, grad_accum):
     # only the main process wrote logs
     rows = (two / "stats.jsonl").read_text().splitlines()
     assert len(rows) == len({r for r in rows})
+
+
+def test_two_processes_equal_one_with_lora_adapters(tmp_path):
+    """DDP over the generator and fake score when they are adapter views on the teacher's shared
+    base (their parameters: the adapters alone): two processes end where one does."""
+    from _tiny import save_pixel_pipeline
+    from diffusers import EDMEulerScheduler
+
+    teacher = save_pixel_pipeline(tmp_path / "teacher", EDMEulerScheduler(), num_class_embeds=4)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        # (the GAN term: a gradient from the first step; the divergences' is zero while fake score = teacher,
+        # and Adam's first steps take the sign of what is then float noise)
+        "teacher": {"kind": "diffusers", "path": teacher}, "objective": {"name": "f_distill", "f": "js", "ratio_warmup": 1},
+        "gan": {"weight": 0.01}, "data": {"cache_size": 16, "cache_steps": 4},
+        "generator": {"lora": {"rank": 4}}, "fake_score": {"lora": {"rank": 4}},
+        "train": {"steps": 3, "batch_size": 4, "checkpoint_every": 3, "progress": False, "ema_halflife_kimg": 0.01,
+                  "sample_every": 0}}))
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "onestep", "distill", "--config", str(cfg), "--output", str(one)])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+          "-m", "onestep", "distill", "--config", str(cfg), "--output", str(two)])
+    a, b = load_file(str(latest_checkpoint(one))), load_file(str(latest_checkpoint(two)))
+    assert a.keys() == b.keys()
+    nets = [k for k in a if k.split(".")[0] in ("generator", "fake_score", "ema")]
+    assert nets and all("/lora_" in k for k in nets)
+    nets += [k for k in a if k.startswith("discriminator.")]
+    bad = [k for k in nets if not torch.allclose(b[k], a[k], atol=2e-5, rtol=1e-4)]
+    import collections
+    kinds = collections.Counter((k.split(".")[0], "lora_A" in k) for k in bad)
+    worst = max((float((b[k] - a[k]).abs().max()), k) for k in bad) if bad else None
+    assert not bad, (kinds, worst)
+    assert any(a[k].abs().sum() > 0 for k in nets if "lora_B" in k)  # the adapters moved off B = 0

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import itertools
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -125,16 +126,19 @@ def is_adapter_parameter(name: str) -> bool:
     return ".lora_" in name or name.startswith("lora_")
 
 
-def add_adapter(denoiser: nn.Module, name: str, settings: LoraSettings) -> AdapterView:
+def add_adapter(denoiser: nn.Module, name: str, settings: LoraSettings, seed: int = 0) -> AdapterView:
     """Inject adapter ``name`` into ``denoiser`` (frozen, shared) and return its view. Every
-    adapter stays disabled outside its view's calls; base weights keep ``requires_grad=False``."""
+    adapter stays disabled outside its view's calls; base weights keep ``requires_grad=False``.
+    ``A``'s random initialisation is drawn from ``seed`` and the adapter's name, not from the global
+    generator: every process of a run, and every run of a seed, starts from the same adapters."""
     peft = require_peft()
     model = _model(denoiser)
     config = peft.LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=targets(denoiser, settings),
                              init_lora_weights=True)
     grads = {id(p): p.requires_grad for p in model.parameters()}
-    with warnings.catch_warnings():  # several adapters on one model is the point here
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several adapters: the point
+        torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         peft.inject_adapter_in_model(config, model, adapter_name=name)
     denoiser.__dict__.pop("_lora_layers", None)  # (listed again on next use)
     with torch.no_grad():  # peft gives a new adapter its base layer's dtype: trained weights stay fp32

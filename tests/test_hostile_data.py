@@ -163,3 +163,14 @@ def test_labels_an_unconditional_teacher_cannot_use_are_named(tmp_path, pixel_te
             Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(data / label / f"{i}.png")
     with pytest.warns(OnestepWarning, match="its labels are not used"):
         assert _distill(tmp_path, pixel_teacher, data) == 0
+
+
+def test_a_resolved_config_reloaded_raises_no_warning():
+    """A run's config.yaml (the recipe's values filled in) is not 'keys set away from defaults'."""
+    from onestep.config import to_dict
+
+    for name in ("dmd", "sid", "diff_instruct", "sim"):
+        text = yaml.safe_dump(to_dict(loads(f"objective: {{name: {name}}}")))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", OnestepWarning)
+            loads(text)

@@ -192,10 +192,12 @@ def unread_keys(config: Config) -> tuple[list[str], str]:
     gan_on = config.gan.weight if config.gan.weight is not None else spec.recipe.get("gan.weight", 0)
     unread = []
     if not (spec.needs_ratio(params) or gan_on > 0 or d.monitor):
-        unread += [f"discriminator.{f.name}" for f in fields(d)
-                   if f.name != "monitor" and getattr(d, f.name) != f.default]
+        # (a resolved config, e.g. a run's config.yaml, carries the recipe's values: those are defaults too)
+        recipe = {**RECIPE_DEFAULTS, **spec.recipe}
+        unread += [f"discriminator.{f.name}" for f in fields(d) if f.name != "monitor"
+                   and getattr(d, f.name) not in (f.default, recipe.get(f"discriminator.{f.name}", f.default))]
         unread += [f"data.{name} ({getattr(data, name)!r})" for name in ("dataset", "root") if getattr(data, name)]
-        unread += ["gan.sigma"] if config.gan.sigma is not None else []
+        unread += ["gan.sigma"] if config.gan.sigma not in (None, recipe.get("gan.sigma")) else []
         return unread, (f"{spec.name} with gan.weight 0 trains no discriminator (set discriminator.monitor: true "
                         f"to train one on the data set)")
     if data.root and not data.dataset:

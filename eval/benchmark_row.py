@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from onestep import (
     build_teacher,
     build_trainer,
     copy_report,
+    discriminator_summary,
     latest_checkpoint,
     load_config,
     load_generator,
@@ -46,21 +46,6 @@ from onestep import (
 )
 
 DIGITS_TEACHER_NFE = 31  # the digits teacher's best Heun setting (docs/results.md, make demo)
-
-
-def discriminator_summary(stats: list[dict], last: int = 5) -> dict:
-    """Mean held-out accuracy, head loss and per-bin log-ratio spread over the last log lines."""
-    rows = [r for r in stats if "disc_acc_heldout" in r][-last:]
-    if not rows:
-        return {}
-    mean = statistics.fmean
-    out = {"disc_acc_heldout": mean(r["disc_acc_heldout"] for r in rows),
-           "loss_disc": mean(r["loss_disc"] for r in rows if "loss_disc" in r) if "loss_disc" in rows[0] else None}
-    if "logr_std" in rows[0]:
-        out["logr_std"] = [mean(r["logr_std"][i] for r in rows) for i in range(len(rows[0]["logr_std"]))]
-    h = [r["h_max"] for r in stats if "h_max" in r]
-    out["h_max"] = max(h) if h else None
-    return out
 
 
 def main(argv=None) -> int:

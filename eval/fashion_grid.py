@@ -71,14 +71,16 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     lines = ["| row | seed | " + " | ".join(f"FD seed {s}" for s in args.eval_seeds)
-             + " | mean | held-out disc. acc. | copy check | seconds |",
-             "|---|---:|" + "---:|" * (len(args.eval_seeds) + 4)]
+             + " | mean | held-out disc. acc. | acc. sigma < 0.05 / 0.05-0.2 | copy check | seconds |",
+             "|---|---:|" + "---:|" * (len(args.eval_seeds) + 5)]
     for label, row in results:
         fds = [row[f"fd_seed{s}"] for s in args.eval_seeds]
         acc = row.get("disc_acc_heldout")
         copies = row.get("copy_check", {}).get("student_below_teacher_p5")
+        bins = row.get("disc_acc_bins")
+        low = "-" if not bins else f"{bins[0]:.2f} / {bins[1]:.2f}"
         lines.append(f"| {label} | {args.seed} | " + " | ".join(f"{v:.2f}" for v in fds)
-                     + f" | {sum(fds) / len(fds):.2f} | {'-' if acc is None else f'{acc:.3f}'} | "
+                     + f" | {sum(fds) / len(fds):.2f} | {'-' if acc is None else f'{acc:.3f}'} | {low} | "
                      + f"{'-' if copies is None else f'{100 * copies:.1f}%'} | {row.get('train_seconds') or 0:.0f} |")
     table = "\n".join(lines)
     print(table)

@@ -32,6 +32,7 @@ from .core.samplers import per_index_noise
 from .data.datasets import load_named
 from .errors import OnestepError
 from .evaluation.copy_check import copy_report
+from .evaluation.discriminator import discriminator_summary
 from .evaluation.fd import FDScorer
 from .evaluation.nfe import nfe_sweep, student_samples, teacher_samples_at
 from .evaluation.plots import read_stats, save_discriminator_plot, save_fd_plot
@@ -135,7 +136,8 @@ def run_demo(output="runs/demo", config=None, overrides=(), num_samples: int | N
     else:
         save_teacher_grid(teacher, schedule, best["nfe"], out / "teacher.png", seed + 1)
     save_fd_plot(teacher_rows, student, out / "fd_vs_nfe.png", title=f"FD-{p.features} vs NFE")
-    has_discriminator = save_discriminator_plot(read_stats(run / "stats.jsonl"), out / "discriminator.png")
+    run_stats = read_stats(run / "stats.jsonl")
+    has_discriminator = save_discriminator_plot(run_stats, out / "discriminator.png")
 
     # 3b. copy check: the student may not win by reproducing training images
     if teacher_eval is not None:
@@ -159,6 +161,7 @@ def run_demo(output="runs/demo", config=None, overrides=(), num_samples: int | N
         "real_vs_real_fd": floor[str(seed)], "real_vs_real_fd_by_seed": floor,
         "nearest_training_distance": copies,
         "discriminator_plot": has_discriminator,
+        "discriminator": discriminator_summary(run_stats) or None,
         "distill_seconds": timings["distill_seconds"],
         "num_samples": n, "seed": seed, "seeds": list(seeds), "config": str(config),
     }
@@ -234,6 +237,17 @@ def _markdown(r: dict) -> str:
         f"teacher median {c['teacher_median']:.3f}; {100 * c['student_below_teacher_p5']:.1f}% of student samples "
         f"lie closer than the teacher's 5th percentile (5% if it copies no more than its teacher).",
         "",
+    ]
+    d = r.get("discriminator")
+    if d and d.get("disc_acc_bins"):
+        edges = d["sigma_bins"]
+        names = [f"{edges[k]:g}-{edges[k + 1]:g}" for k in range(len(edges) - 1)] + [f"> {edges[-1]:g}"]
+        lines += [f"Discriminator (mean of the last {d['rows']} held-out checks: real images it never trained on against fresh "
+                  f"student samples): accuracy {d['disc_acc_heldout']:.3f}.", "",
+                  "| sigma | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names),
+                  "| held-out accuracy | " + " | ".join(f"{v:.2f}" for v in d["disc_acc_bins"]) + " |",
+                  "| std of log r | " + " | ".join(f"{v:.2f}" for v in d["logr_std"]) + " |", ""]
+    lines += [
         "![student](samples.png) ![teacher](teacher.png) ![FD vs NFE](fd_vs_nfe.png)"
         + (" ![discriminator](discriminator.png)" if r.get("discriminator_plot") else ""),
         "",

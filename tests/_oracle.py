@@ -50,10 +50,12 @@ def quadrature_gradient(mu: float, s: float, sigma: float, target: str, f: str =
 
 
 def monte_carlo_gradient(mu: float, s: float, sigma: float, name: str, params, n: int = 400_000,
-                         seed: int = 0, weights_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
+                         seed: int = 0, weights_fn=None, grad_log_r_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and standard error of the objective's per-sample gradient w.r.t. (mu, s).
 
-    ``weights_fn(log_r) -> FWeights`` overrides the exact f-weights (to ablate terms).
+    ``weights_fn(log_r) -> FWeights`` overrides the exact f-weights (to ablate terms);
+    ``grad_log_r_fn(x_t, exact) -> (n, 1)`` gives ``ObjectiveInputs.grad_log_r`` (``exact``: the
+    exact ``grad log p_sigma / q_sigma``, ``s_p - s_q``).
     """
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 1, generator=gen, dtype=torch.float64)
@@ -73,7 +75,11 @@ def monte_carlo_gradient(mu: float, s: float, sigma: float, name: str, params, n
     f, f_alpha = getattr(params, "f", "rkl"), getattr(params, "f_alpha", 0.5)
     weights = weights_fn(log_r) if weights_fn else f_weights(f, log_r, f_alpha)
     sig = torch.full((n,), sigma, dtype=torch.float64)
-    loss = spec.fn(ObjectiveInputs(x_g, sig, Dr, Df, weights), params)
+    grad_log_r = None
+    if grad_log_r_fn is not None:
+        exact = (-x_t / vp + (x_t - mu) / vq).detach()
+        grad_log_r = grad_log_r_fn(x_t.detach(), exact)
+    loss = spec.fn(ObjectiveInputs(x_g, sig, Dr, Df, weights, grad_log_r), params)
     (gx,) = torch.autograd.grad(loss.sum(), x_g)
     per_sample = torch.stack([gx[:, 0], gx[:, 0] * z[:, 0]], dim=1)  # d/dmu, d/ds
     return per_sample.mean(0), per_sample.std(0) / math.sqrt(n)

@@ -25,6 +25,10 @@ def test_demo_writes_every_artifact(demo_dir):
     assert [t["nfe"] for t in report["teacher"]] == [1, 3, 7, 15, 31, 63]
     assert report["student"]["fd"] > 0 and report["distill_seconds"] > 0
     assert report["discriminator_plot"] and "discriminator.png" in (out / "report.md").read_text()
+    disc = report["discriminator"]  # the held-out check, overall and per sigma bin
+    assert len(disc["disc_acc_bins"]) == len(disc["sigma_bins"]) == len(disc["logr_std"])
+    assert all(0 <= a <= 1 for a in disc["disc_acc_bins"]) and 0 <= disc["disc_acc_heldout"] <= 1
+    assert "| held-out accuracy |" in (out / "report.md").read_text()
     copies = report["nearest_training_distance"]
     assert copies["student_median"] > 0 and copies["teacher_median"] > 0
     assert 0 <= copies["student_below_teacher_p5"] <= 1

@@ -47,6 +47,28 @@ def test_uni_instruct_matches_expansion_gradient(f, sigma, mu, s):
     _assert_match(mc, se, quadrature_gradient(mu, s, sigma, "expansion", f))
 
 
+@pytest.mark.parametrize("f,sigma,mu,s", list(_cases(("js", "fkl", "jeffreys", "chi2"))))
+def test_uni_instruct_with_the_ratio_gradient_matches_expansion_gradient(f, sigma, mu, s):
+    """``log_ratio_gradient: discriminator`` with an exact ratio (its input-gradient s_p - s_q) is
+    the exact gradient too."""
+    params = UniInstructParams(f=f, weight_norm="none", log_ratio_gradient="discriminator")
+    mc, se = monte_carlo_gradient(mu, s, sigma, "uni_instruct", params, n=200_000,
+                                  grad_log_r_fn=lambda x_t, exact: exact)
+    _assert_match(mc, se, quadrature_gradient(mu, s, sigma, "expansion", f))
+
+
+@pytest.mark.parametrize("f", ("js", "fkl"))
+def test_oracle_detects_a_wrong_ratio_gradient(f):
+    """The variant reads ``grad_log_r``: a zero or a halved one is caught (L_x for both f, and
+    L_di for js, go through it)."""
+    mu, s, sigma = 0.5, 0.8, 0.5
+    params = UniInstructParams(f=f, weight_norm="none", log_ratio_gradient="discriminator")
+    for wrong in (lambda x_t, exact: torch.zeros_like(exact), lambda x_t, exact: 0.5 * exact):
+        mc, se = monte_carlo_gradient(mu, s, sigma, "uni_instruct", params, grad_log_r_fn=wrong)
+        z = (mc - quadrature_gradient(mu, s, sigma, "expansion", f)) / se
+        assert z.abs().max() > 10, z.tolist()
+
+
 @pytest.mark.parametrize("sigma", SIGMAS)
 @pytest.mark.parametrize("mu,s", GENERATORS)
 def test_sid_half_matches_fisher_divergence_gradient(sigma, mu, s):

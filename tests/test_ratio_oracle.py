@@ -90,3 +90,76 @@ def test_discriminator_log_ratio_tracks_the_exact_one(tmp_path, small_teacher, f
     raw, normed = _correlations(tr, p, q)
     assert raw > MIN_CORRELATION and normed > MIN_CORRELATION, (raw, normed)
     assert not untrained[0] > MIN_CORRELATION, untrained  # it had to learn
+
+
+def test_held_out_accuracy_is_measured_in_each_sigma_bin():
+    """``CriticLoss.evaluate``'s per-bin accuracy, on a discriminator whose accuracy is known to
+    fall with sigma: real images +1, generator images -1, logit = the pixel mean of the noisy
+    input (64 pixels: noise std sigma / 8), so the bins below sigma 1 are separated almost
+    perfectly and the bin above sigma 5 averages Phi(8 / sigma) over log sigma in [5, 80] (about 0.67)."""
+    from types import SimpleNamespace
+
+    from onestep.core.rundir import SPREAD_EDGES
+    from onestep.core.schedule import ScheduleConfig
+    from onestep.distill.critic import CriticLoss, binned_sigmas
+    from onestep.distill.plan import CriticPlan
+
+    schedule = ScheduleConfig()
+    sigma = binned_sigmas(500, schedule, torch.Generator().manual_seed(0))
+    counts = torch.bincount(torch.bucketize(sigma, torch.tensor(SPREAD_EDGES)), minlength=5)
+    assert counts.tolist() == [100] * 5
+    assert schedule.sigma_min <= float(sigma.min()) and float(sigma.max()) <= schedule.sigma_max
+
+    class Features(torch.nn.Module):  # the "fake score": its features are its input
+        def forward(self, x, sigma, cond=None, return_features=False):
+            return x, [x]
+
+    shape = (1, 8, 8)
+    teacher = SimpleNamespace(sample_shape=shape, sample_cond=lambda n, rng: None)
+    nets = SimpleNamespace(plain_generator=lambda z, cond: -torch.ones_like(z), plain_fake_score=Features(),
+                           plain_discriminator=lambda feats: feats[0].flatten(1).mean(1, keepdim=True))
+    holdout = SimpleNamespace(draw=lambda n, rng: (torch.ones(n, *shape), None))
+    plan = CriticPlan(("lognormal", None), True, True, True, "none", 1.0, 0.0, None)
+    out = CriticLoss(plan, teacher, nets).evaluate(holdout, torch.Generator().manual_seed(1), 1000,
+                                                   ("lognormal", None), schedule, "cpu")
+    acc = out["disc_acc_bins"]
+    assert len(acc) == len(SPREAD_EDGES) + 1
+    assert min(acc[:3]) > 0.99 and 0.5 < acc[4] < 0.75 and acc[3] > acc[4] + 0.15, acc
+
+
+def test_the_ratio_gradient_reaches_the_objective_per_sample(tmp_path, small_teacher, monkeypatch):
+    """``objective.log_ratio_gradient: discriminator``: the generator step hands the objective the
+    input-gradient of each sample's own ratio logit at its ``x_t`` (recomputed here one sample at a
+    time), from the first step after the warm-up on."""
+    import dataclasses
+
+    from onestep.distill import method as method_mod
+
+    cfg = small_config(**{"objective.name": "uni_instruct", "objective.f": "js", "objective.ratio_warmup": 1,
+                          "objective.log_ratio_gradient": "discriminator"})
+    tr = build_trainer(cfg, tmp_path, teacher=small_teacher)
+    seen, calls = [], []
+    spec = tr.method.spec
+    tr.method.spec = dataclasses.replace(spec, fn=lambda inp, p: seen.append(inp) or spec.fn(inp, p))
+    original = method_mod._input_gradient
+    monkeypatch.setattr(method_mod, "_input_gradient",
+                        lambda log_r, x_t: calls.append((x_t, original(log_r, x_t))) or calls[-1][1])
+    tr.iteration()  # the warm-up step: reverse-KL weights, no ratio gradient
+    assert seen[-1].grad_log_r is None and not calls
+    tr.generator_step()  # (not a whole iteration: the critics' step would move what is recomputed below)
+    x_t, grad = calls[-1]
+    assert seen[-1].grad_log_r is grad and grad.shape == x_t.shape and grad.abs().max() > 0
+    critic = tr.method.critic
+    for i in range(4):
+        x = x_t[i:i + 1].detach().requires_grad_(True)
+        _, feats = critic.nets.plain_fake_score(x, seen[-1].sigma[i:i + 1], None, return_features=True)
+        (alone,) = torch.autograd.grad(ratio_logit(critic.nets.plain_discriminator(feats)).sum(), x)
+        torch.testing.assert_close(grad[i:i + 1], alone, rtol=1e-4, atol=1e-6)
+
+
+def test_log_ratio_gradient_needs_a_ratio():
+    from onestep.errors import OnestepError
+
+    with pytest.raises(OnestepError, match="reverse KL"):
+        small_config(**{"objective.name": "uni_instruct", "objective.f": "rkl",
+                        "objective.log_ratio_gradient": "discriminator"})

@@ -99,4 +99,23 @@ class CriticLoss:
         idx = torch.bucketize(sigma_o.cpu(), torch.tensor(SPREAD_EDGES))
         spread = [float(logr[idx == k].std()) if int((idx == k).sum()) > 1 else math.nan
                   for k in range(len(SPREAD_EDGES) + 1)]
-        return {"disc_acc_heldout": acc, "logr_std": spread}
+        # accuracy per bin: the same real and generator samples at sigmas spread evenly (in log
+        # sigma) over the bins, so that every bin is measured on about n / bins pairs
+        sigma_b = binned_sigmas(n, schedule, rng).to(device)
+        right = torch.cat([ratio_logit(logits_at(real, sigma_b, cond_real)) > 0,
+                           ratio_logit(logits_at(x_g, sigma_b, cond)) < 0]).float().cpu()
+        idx_b = torch.bucketize(sigma_b.cpu(), torch.tensor(SPREAD_EDGES)).repeat(2)
+        acc_bins = [float(right[idx_b == k].mean()) if int((idx_b == k).sum()) else math.nan
+                    for k in range(len(SPREAD_EDGES) + 1)]
+        return {"disc_acc_heldout": acc, "disc_acc_bins": acc_bins, "logr_std": spread}
+
+
+def binned_sigmas(n: int, schedule, rng: torch.Generator) -> torch.Tensor:
+    """(n,) noise levels, log-uniform within each ``SPREAD_EDGES`` bin (clipped to the schedule's
+    range), the bins taking turns: an equal share of ``n`` per bin."""
+    edges = [schedule.sigma_min, *(e for e in SPREAD_EDGES if schedule.sigma_min < e < schedule.sigma_max),
+             schedule.sigma_max]
+    lo, hi = torch.tensor(edges[:-1]).log(), torch.tensor(edges[1:]).log()
+    k = torch.arange(n) % len(lo)
+    u = torch.rand(n, generator=rng)
+    return (lo[k] + u * (hi[k] - lo[k])).exp()

@@ -104,15 +104,20 @@ class Distillation:
             x_t = x_g + expand(sigma, x_g) * noise
             Dr, feats_r = _call(self.teacher, plan.teacher_call, x_t, sigma, cond)
             Df, feats_f = _call(self.nets.plain_fake_score, plan.fake_call, x_t, sigma, cond)
-            logits = None
+            logits, grad_log_r = None, None
             if plan.discriminator_at_xt:
                 feats = feats_r if plan.features == TEACHER else feats_f
-                logits = self.nets.plain_discriminator(feats if plan.gan_at_xt else [f.detach() for f in feats])
+                ratio_gradient = plan.ratio_gradient and step >= plan.ratio_warmup
+                keep = plan.gan_at_xt or ratio_gradient
+                logits = self.nets.plain_discriminator(feats if keep else [f.detach() for f in feats])
+                if ratio_gradient:
+                    grad_log_r = _input_gradient(ratio_logit(logits), x_t)
             logits_gan = logits if plan.gan_at_xt else self._gan_logits(x_g, cond, draws)
         weights = self._weights(logits, sigma, step)
         through = self.spec.grad_through
         inputs = ObjectiveInputs(x_g=x_g, sigma=sigma, Dr=Dr if TEACHER in through else Dr.detach(),
-                                 Df=Df if FAKE in through else Df.detach(), weights=weights)
+                                 Df=Df if FAKE in through else Df.detach(), weights=weights,
+                                 grad_log_r=grad_log_r)
         loss = self.spec.fn(inputs, self.params).mean()
         total = loss
         if plan.use_gan:
@@ -185,6 +190,14 @@ class Distillation:
             total = loss_f if critic_loss is None else loss_f + critic_loss
         stats["loss_f"] = loss_f.item()
         return total, stats
+
+
+def _input_gradient(log_r: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """``grad_x log r`` (B, ...) at ``x_t`` (B, ...), detached, from the per-sample ratio logit (B,);
+    the graph stays for the generator's backward. Samples are independent, so the gradient of the
+    sum is each sample's own."""
+    (grad,) = torch.autograd.grad(log_r.float().sum(), x_t, retain_graph=True)
+    return grad.detach().float()
 
 
 def _call(net, how: NetworkCall, x_t, sigma, cond):

@@ -49,6 +49,7 @@ class Plan:
     fake_sampler: SigmaSpec  # the fake-score loss's sigmas
     stratified_sigma: bool
     use_ratio: bool  # the objective's weights read the discriminator's density ratio
+    ratio_gradient: bool  # the objective also reads grad_x log r (the ratio logit's input-gradient) at x_t
     ratio_warmup: int  # generator steps with reverse-KL weights before the ratio is read
     gan_weight: float  # 0: no GAN term
     gan_at_xt: bool  # the GAN term reads the discriminator at the objective's x_t (SiDA)
@@ -105,6 +106,7 @@ class Plan:
         return cls(
             objective=spec, params=params, sigma_sampler=sigma_sampler, fake_sampler=fake_sampler,
             stratified_sigma=o.stratified_sigma, use_ratio=use_ratio,
+            ratio_gradient=use_ratio and getattr(params, "needs_ratio_gradient", False),
             ratio_warmup=o.ratio_warmup if o.ratio_warmup is not None else config.train.steps // 10,
             gan_weight=config.gan.weight, gan_at_xt=gan_at_xt, regression_weight=config.regression.weight,
             regression_batch=config.regression.batch_size, features=d.features,

@@ -59,12 +59,16 @@ def save_discriminator_plot(rows: list[dict], path) -> bool:
     a1.plot(steps, [r["disc_acc_heldout"] for r in rows], "o-", label="held out")
     if "disc_acc" in rows[0]:
         a1.plot(steps, [r["disc_acc"] for r in rows], ".--", alpha=0.6, label="training batch")
+    edges = (0.0, *SPREAD_EDGES, math.inf)
+    labels = [f"sigma {edges[k]:g}-{edges[k + 1]:g}" if math.isfinite(edges[k + 1]) else f"sigma > {edges[k]:g}"
+              for k in range(len(edges) - 1)]
+    if "disc_acc_bins" in rows[0]:
+        for k, label in enumerate(labels):
+            a1.plot(steps, [r["disc_acc_bins"][k] for r in rows], "-", lw=0.9, alpha=0.8, label=f"held out, {label}")
     a1.axhline(0.5, color="gray", lw=0.8)
     a1.set(xlabel="iteration", ylabel="accuracy (real vs generator)", title="discriminator")
-    a1.legend()
-    edges = (0.0, *SPREAD_EDGES, math.inf)
-    for k in range(len(edges) - 1):
-        label = f"sigma {edges[k]:g}-{edges[k + 1]:g}" if math.isfinite(edges[k + 1]) else f"sigma > {edges[k]:g}"
+    a1.legend(fontsize=6)
+    for k, label in enumerate(labels):
         a2.plot(steps, [r["logr_std"][k] for r in rows], ".-", label=label)
     a2.set(xlabel="iteration", ylabel="std of log r (generator samples)", title="learned log-ratio spread")
     a2.legend(fontsize=7)

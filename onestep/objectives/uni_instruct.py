@@ -11,16 +11,27 @@ is, per sample (docs/design.md section 3; all weights detached):
 - ``loss = h L_sim + fisher_weight (h - r h') L_fisher + L_di + L_x``, over ``wf``.
 
 ``fisher_weight = 1`` is exact; ``fisher_weight = 2 (1 - alpha)`` with reverse KL is SiD(alpha).
+
+In ``L_di`` and ``L_x`` the direction ``Delta`` stands for ``sigma^2 grad log r`` (at ``x_t``),
+which is what it equals when the scores are exact; their coefficients carry ``1 / sigma^2``.
+With a learned fake score, ``Delta``'s error (of the order of the fake score's, independent of
+sigma) is multiplied by ``1 / sigma^2`` there, cubed in ``L_di``. ``log_ratio_gradient:
+discriminator`` takes ``grad log r`` from the discriminator that gives ``r`` (the input-gradient of
+its ratio logit, ``ObjectiveInputs.grad_log_r``): the pushes become ``q |Delta|^2 / 2 g`` and
+``r h' <Delta, Df - x_g> g`` with ``g = grad log r``, free of ``1 / sigma^2`` and equal to the exact
+form wherever the discriminator's ratio is exact (tests/test_gradient_oracle.py proves both).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from ..core.schema import key
 from ..core.tensors import expand, sum_dims
+from ..errors import OnestepError
 from .common import WEIGHT_NORM_DOC, WeightNorm, per_sample_norm
 from .fdiv import f_weights
 from .inputs import ObjectiveInputs
@@ -32,6 +43,20 @@ from .registry import FAKE, TEACHER, register
 class UniInstructParams(RatioWeighted):
     fisher_weight: float = key(1.0, "weight of L_fisher (1: exact; 2 (1 - alpha): SiD(alpha) with rkl)")
     weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
+    log_ratio_gradient: Literal["scores", "discriminator"] = key(
+        "scores", "grad log r in L_di and L_x: (Dr - Df) / sigma^2 (scores; exact with exact scores) or the "
+        "input-gradient of the discriminator's ratio logit (discriminator; no 1/sigma^2 amplification of "
+        "the fake score's error)")
+
+    @property
+    def needs_ratio_gradient(self) -> bool:
+        return self.needs_ratio and self.log_ratio_gradient == "discriminator"
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.log_ratio_gradient == "discriminator" and not self.needs_ratio:
+            raise OnestepError(f"config key '{prefix}.log_ratio_gradient': reverse KL (f: rkl) reads no ratio; "
+                               "use it with another f, or leave it at 'scores'")
 
 
 @register("uni_instruct", params=UniInstructParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
@@ -46,9 +71,12 @@ def uni_instruct_loss(inp: ObjectiveInputs, p: UniInstructParams) -> torch.Tenso
     with torch.no_grad():
         d = delta.detach()
         s2 = sigma**2
-        di_coef = w.q * sum_dims(d**2) / (2 * s2)
-        x_coef = w.rh * sum_dims(d * (inp.Df - x_g).detach()) / s2
-        push = expand(di_coef + x_coef, d) * d
+        di_coef = w.q * sum_dims(d**2) / 2
+        x_coef = w.rh * sum_dims(d * (inp.Df - x_g).detach())
+        if p.needs_ratio_gradient and inp.grad_log_r is not None:
+            push = expand(di_coef + x_coef, d) * inp.grad_log_r  # (B, ...) g = grad log r at x_t
+        else:  # sigma^2 g = Delta with exact scores (the warm-up's rkl weights make this zero)
+            push = expand((di_coef + x_coef) / s2, d) * d
     l_push = sum_dims(push * x_g)  # L_di + L_x
     loss = w.h * l_sim + p.fisher_weight * w.h_minus_rh * l_fisher + l_push
     return loss / per_sample_norm(x_g, inp.Dr, p.weight_norm)

@@ -40,6 +40,7 @@ def log_row(acc, report_to: str, row: dict, step: int) -> None:
     if report_to != "none":
         values = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         values.update({f"logr_std/bin{i}": v for i, v in enumerate(row.get("logr_std", []))})
+        values.update({f"disc_acc_heldout/bin{i}": v for i, v in enumerate(row.get("disc_acc_bins", []))})
         acc.log(values, step=step)
 
 

@@ -28,6 +28,7 @@ from .core.paths import LORA_MARKER, pipeline_class
 from .errors import OnestepError
 from .nets import lora
 from .nets.diffusers_unet import DEFAULT_RESOLUTION
+from .portable.prompts import T5_LENGTH_CAP, t5_length
 from .runs import load_generator, run_config
 from .teachers.diffusers import resolve_pipeline
 
@@ -88,11 +89,12 @@ def flux_call(cfg) -> dict:
     """FluxPipeline's call arguments the generator fixes: the image size (``teacher.resolution``) and
     the T5 length the conditioning was encoded with (``portable.prompts.encode_text``)."""
     side = cfg.teacher.resolution or DEFAULT_RESOLUTION
+    cap = T5_LENGTH_CAP["FluxPipeline"]
     try:
         tokenizer = json.loads((teacher_dir(cfg) / "tokenizer_2" / "tokenizer_config.json").read_text())
-        length = min(int(tokenizer.get("model_max_length", 512)), 512)
+        length = t5_length(tokenizer.get("model_max_length", cap), "FluxPipeline")
     except (OSError, ValueError, TypeError):
-        length = 512
+        length = cap
     return {"height": side, "width": side, "max_sequence_length": length}
 
 

@@ -35,6 +35,9 @@ CASES = {
     "memory_estimate.py": (["--processes", "1", "--configs", "cifar10-ddpm-sid"], "GiB per GPU"),
     "nfe_sweep.py": (["--teacher", "onestep/resources/digits-teacher", "--output", "{tmp}/nfe", "--num-samples", "16",
                       "--nfe", "1,3"], "FD-digits"),
+    "uni_instruct_terms.py": (["--config", "configs/gmm.yaml", "--output", "{tmp}/ui", "--steps", "3", "--every", "1",
+                               "--set", "objective.name=uni_instruct", "objective.f=js", "objective.ratio_warmup=1",
+                               "network.fit_steps=20", "train.batch_size=16"], '"bin0": {"sim"'),
     "train_digits_features.py": (["--output", "{tmp}/digits.safetensors", "--steps", "2"], "held-out accuracy"),
 }
 

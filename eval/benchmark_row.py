@@ -15,6 +15,11 @@ Presets (``onestep.demo.PRESETS``): ``digits`` (FD-digits on 1,000 samples again
 teacher at NFE 31) and ``fashion`` (FD-fashion on 5,000 samples against the 10,000 test images;
 the teacher's best NFE, FD and copy-check distances from its stored evaluation).
 
+``--divergence-check`` adds issue 20's criteria of training without divergence after the
+ratio's warm-up (every step finite, gradient norm within 10x of its value at the warm-up's end,
+raw-generator FD at the end no worse than there); keep the warm-up's checkpoint
+(``train.checkpoint_every``, ``train.keep_checkpoints``).
+
 An interrupted row resumes from its last checkpoint. Prints one JSON line and writes it to
 ``OUTPUT/benchmark.json``.
 """
@@ -48,6 +53,29 @@ from onestep import (
 DIGITS_TEACHER_NFE = 31  # the digits teacher's best Heun setting (docs/results.md, make demo)
 
 
+def divergence_summary(run: Path, cfg, scorer, n: int, seed: int, num_classes) -> dict:
+    """Issue 20's criteria of training "without divergence" after the ratio's warm-up: every step
+    finite, the generator's gradient norm before clipping (the log rows' window means) within 10x
+    of its value at the warm-up's end, and the raw generator's FD at the end no worse than at the
+    warm-up's end (both at evaluation seed ``seed``)."""
+    warmup = cfg.objective.ratio_warmup if cfg.objective.ratio_warmup is not None else cfg.train.steps // 10
+    rows = [r for r in read_stats(run / "stats.jsonl") if "grad_norm_generator" in r]
+    at_end_of_warmup = next((r for r in rows if r["step"] >= warmup), None)
+    after = [r["grad_norm_generator"] for r in rows if r["step"] > warmup]
+    if at_end_of_warmup is None or not after:
+        raise OnestepError(f"{run}/stats.jsonl has no log row after the warm-up (step {warmup})")
+    fds = {}
+    for label, step in (("warmup", warmup), ("end", None)):
+        generator, _, _ = load_generator(run, ema=False, step=step)
+        fds[label] = scorer(student_samples(generator, n, seed, num_classes)[0])
+    norm0 = at_end_of_warmup["grad_norm_generator"]
+    out = {"warmup_step": warmup, "nonfinite_skipped": rows[-1].get("nonfinite_skipped", 0),
+           "grad_norm_at_warmup": norm0, "grad_norm_max_after": max(after),
+           "fd_raw_at_warmup": fds["warmup"], "fd_raw_at_end": fds["end"]}
+    out["diverged"] = bool(out["nonfinite_skipped"] > 0 or max(after) > 10 * norm0 or fds["end"] > fds["warmup"])
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="digits")
@@ -57,6 +85,10 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--num-samples", type=int, default=None, help="default: the preset's (1,000 digits, 5,000 fashion)")
     ap.add_argument("--score-only", action="store_true", help="score a finished run, do not train")
+    ap.add_argument("--divergence-check", action="store_true",
+                    help="also check the run against the criteria of a divergence after the ratio's warm-up "
+                         "(needs the checkpoint of the warm-up's last step: set train.checkpoint_every and "
+                         "train.keep_checkpoints to keep it)")
     args = ap.parse_args(argv)
 
     preset = PRESETS[args.preset]
@@ -93,6 +125,12 @@ def main(argv=None) -> int:
                 x_teacher, _ = teacher_samples_at(teacher, cfg.schedule, DIGITS_TEACHER_NFE, n, seed)
                 row["copy_check"] = copy_report(x, x_teacher, train)
     row.update(discriminator_summary(read_stats(out / "stats.jsonl")))
+    if args.divergence_check:
+        try:
+            row["divergence"] = divergence_summary(out, cfg, scorer, n, args.eval_seeds[0], num_classes)
+        except OnestepError as exc:
+            print(f"benchmark_row: error: {exc}", file=sys.stderr)
+            return 2
     line = json.dumps(row)
     print(line)
     (out / "benchmark.json").write_text(line + "\n")

@@ -12,7 +12,14 @@ import torch
 from . import config as config_mod
 from .core.io import load_safetensors, safetensors_header, unpack_module
 from .core.modules import fingerprint
-from .core.rundir import NETWORK_FILE, latest_checkpoint, latest_valid_checkpoint
+from .core.rundir import (
+    NETWORK_FILE,
+    checkpoint_path,
+    checkpoint_problem,
+    latest_checkpoint,
+    latest_valid_checkpoint,
+    list_checkpoints,
+)
 from .core.tensors import cycled_labels, take_rows
 from .errors import OnestepError, OnestepWarning
 from .nets import lora
@@ -39,10 +46,22 @@ def resolve_checkpoint(run_dir: str | Path) -> Path:
     return path
 
 
-def load_generator(run_dir: str | Path, ema: bool = False, device="cpu") -> tuple[OneStepGenerator, config_mod.Config, int]:
-    """The run's generator (or its EMA) from the latest checkpoint; returns (generator, config, step)."""
+def load_generator(run_dir: str | Path, ema: bool = False, device="cpu",
+                   step: int | None = None) -> tuple[OneStepGenerator, config_mod.Config, int]:
+    """The run's generator (or its EMA) from the latest checkpoint, or from the checkpoint of
+    ``step``; returns (generator, config, step)."""
     run_dir = Path(run_dir)
-    path = resolve_checkpoint(run_dir)
+    if step is None:
+        path = resolve_checkpoint(run_dir)
+    else:
+        path = checkpoint_path(run_dir, step)
+        if not path.is_file():
+            kept = ", ".join(str(s) for s, _ in list_checkpoints(run_dir)) or "none"
+            raise OnestepError(f"run {run_dir} has no checkpoint of step {step} (kept: {kept}); set "
+                               "train.checkpoint_every and train.keep_checkpoints so that it is kept")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise OnestepError(problem)
     tensors, raw = load_safetensors(path)
     try:
         cfg = config_mod.from_dict(json.loads(raw["config"]), stored=True)

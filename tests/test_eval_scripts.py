@@ -105,3 +105,33 @@ def test_scripts_use_the_public_api():
                     assert alias.name == "config" or alias.name in onestep.__all__, f"{path.name}: {alias.name}"
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("onestep.") for a in node.names), path.name
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EVAL / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_row_divergence_check(tmp_path, capsys):
+    """The criteria read the run: the warm-up's checkpoint and the last one both scored, the
+    gradient norms from the log; without the warm-up's checkpoint, one line and exit 2."""
+    import json
+
+    row = _script("benchmark_row.py")
+    base = ["--output", str(tmp_path / "run"), "--eval-seeds", "0", "--num-samples", "16", "--divergence-check",
+            "--set", "train.steps=4", "train.sample_every=0", "data.cache_size=8", "train.batch_size=8",
+            "regression.batch_size=4", "objective.ratio_warmup=2", "train.log_every=1"]
+    assert row.main(base + ["train.checkpoint_every=2"]) == 0
+    check = json.loads((tmp_path / "run" / "benchmark.json").read_text())["divergence"]
+    assert check["warmup_step"] == 2 and check["nonfinite_skipped"] == 0
+    assert check["fd_raw_at_warmup"] > 0 and check["fd_raw_at_end"] > 0
+    assert check["fd_raw_at_warmup"] != check["fd_raw_at_end"]  # two different generators were scored
+    assert check["diverged"] == (check["grad_norm_max_after"] > 10 * check["grad_norm_at_warmup"]
+                                 or check["fd_raw_at_end"] > check["fd_raw_at_warmup"])
+    capsys.readouterr()
+    other = ["--output", str(tmp_path / "other"), *base[2:], "train.checkpoint_every=3"]
+    assert row.main(other) == 2  # step 2 was never written
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint of step 2" in err[0], err

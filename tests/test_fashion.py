@@ -226,7 +226,8 @@ def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_
                                                                     seeds=(0, 1), teacher=protocol))
     out = tmp_path / "bench"
     report = demo.run_demo(out, overrides=[f"teacher.path={teacher}", "train.steps=2", "train.batch_size=4",
-                                           "train.checkpoint_every=2", "train.sample_every=0"], preset="fashion")
+                                           "train.checkpoint_every=2", "train.sample_every=0",
+                                           "data.cache_size=8", "regression.batch_size=4"], preset="fashion")
     assert report["features"] == "fashion" and report["teacher_best"]["nfe"] == stored["best_nfe"]
     assert set(report["student"]["fd_by_seed"]) == {"0", "1"} == set(report["fd_ratio_by_seed"])
     assert report["teacher_best"]["fd_by_seed"] == stored["fd"]  # read, not re-sampled

@@ -6,6 +6,10 @@ Rows: ``f_distill`` x {rkl, js, fkl, jeffreys}, ``uni_instruct`` x {rkl, js, fkl
 ``sid``, ``sida`` as baselines, at training seed 0; ``--seed 1 --only LABELS`` adds a second
 training seed for the chosen rows. Each row is scored on 5,000 samples at evaluation seeds 1
 and 2 (eval/PROTOCOL.md: select on 1 and 2; the shipped recipe is then reported at seed 0).
+Every row inherits the recipe's GAN and regression terms; the regression weight (0.02) is set
+against ``f_distill``'s and ``dmd``'s per-pixel-mean gradients, so next to the summed gradients of
+``sid``, ``sida`` and ``uni_instruct`` it weighs 784 times less (docs/objectives.md, "Added
+terms"): pass ``--set regression.weight=...`` per family where that matters.
 
     python eval/fashion_grid.py --output runs/fashion-grid --set train.steps=400   # the grid
     python eval/fashion_grid.py --output runs/fashion-grid --dry-run               # the commands only
@@ -22,7 +26,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROWS = {
     **{f"f_distill:{f}": ["objective.name=f_distill", f"objective.f={f}"] for f in ("rkl", "js", "fkl", "jeffreys")},
-    **{f"uni_instruct:{f}": ["objective.name=uni_instruct", f"objective.f={f}"] for f in ("rkl", "js", "fkl")},
+    "uni_instruct:rkl": ["objective.name=uni_instruct", "objective.f=rkl"],
+    # with a learned ratio, grad log r from the discriminator (docs/objectives.md: the exact form's
+    # 1/sigma^2 pushes made uni_instruct(js) diverge on digits)
+    **{f"uni_instruct:{f}": ["objective.name=uni_instruct", f"objective.f={f}", "objective.log_ratio_gradient=discriminator"]
+       for f in ("js", "fkl")},
     "dmd": ["objective.name=dmd"],
     "sid": ["objective.name=sid"],
     "sida": ["objective.name=sida"],

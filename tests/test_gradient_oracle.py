@@ -42,7 +42,7 @@ def test_f_distill_matches_f_divergence_gradient(f, sigma, mu, s):
 
 @pytest.mark.parametrize("f,sigma,mu,s", list(_cases(("rkl", "srkl", "js", "sh", "fkl", "jeffreys", "chi2"))))
 def test_uni_instruct_matches_expansion_gradient(f, sigma, mu, s):
-    params = UniInstructParams(f=f, weight_norm="none")
+    params = UniInstructParams(f=f, weight_norm="none", log_ratio_gradient="scores")
     mc, se = monte_carlo_gradient(mu, s, sigma, "uni_instruct", params, n=200_000)
     _assert_match(mc, se, quadrature_gradient(mu, s, sigma, "expansion", f))
 
@@ -106,7 +106,8 @@ def test_oracle_detects_a_missing_uni_instruct_term(ablate, f):
         )
 
     mu, s, sigma = 0.5, 0.8, 0.5
-    mc, se = monte_carlo_gradient(mu, s, sigma, "uni_instruct", UniInstructParams(f=f, weight_norm="none"),
+    mc, se = monte_carlo_gradient(mu, s, sigma, "uni_instruct",
+                                  UniInstructParams(f=f, weight_norm="none", log_ratio_gradient="scores"),
                                   weights_fn=weights_fn)
     z = (mc - quadrature_gradient(mu, s, sigma, "expansion", f)) / se
     assert z.abs().max() > 10, f"ablating {ablate} went unnoticed (z={z.tolist()})"

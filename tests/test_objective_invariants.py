@@ -26,7 +26,8 @@ def _inputs(Dr_net, Df_net, weights=None, batch=16, dim=4):
     x_g = torch.randn(batch, dim, generator=gen).requires_grad_(True)
     sigma = torch.exp(torch.randn(batch, generator=gen))
     x_t = x_g + sigma[:, None] * torch.randn(batch, dim, generator=gen)
-    return ObjectiveInputs(x_g, sigma, Dr_net(x_t, sigma), Df_net(x_t, sigma), weights)
+    grad_log_r = torch.randn(batch, dim, generator=gen)  # an estimate of grad log r (uni_instruct's default reads it)
+    return ObjectiveInputs(x_g, sigma, Dr_net(x_t, sigma), Df_net(x_t, sigma), weights, grad_log_r)
 
 
 def _grad(name, params, inp):
@@ -82,7 +83,7 @@ def test_uni_instruct_rkl_is_sid(alpha):
 @pytest.mark.parametrize("name,params", [
     ("dmd", DMDParams(weight_norm="wf")),
     ("sid", SiDParams(alpha=0.5, weight_norm="wf")),
-    ("uni_instruct", UniInstructParams(f="js", weight_norm="wf")),
+    ("uni_instruct", UniInstructParams(f="js", weight_norm="wf", log_ratio_gradient="scores")),
 ])
 def test_wf_normalisation_agrees_in_sign_and_direction(name, params):
     """``/ wf`` rescales samples: the gradient keeps the oracle's sign per coordinate and

@@ -157,9 +157,11 @@ def test_the_ratio_gradient_reaches_the_objective_per_sample(tmp_path, small_tea
         torch.testing.assert_close(grad[i:i + 1], alone, rtol=1e-4, atol=1e-6)
 
 
-def test_log_ratio_gradient_needs_a_ratio():
-    from onestep.errors import OnestepError
+def test_the_ratio_gradient_is_read_only_with_a_ratio(tmp_path, small_teacher):
+    """Reverse KL reads no ratio: the plan computes no ratio gradient; ``scores`` turns it off."""
+    from onestep.distill.plan import Plan
 
-    with pytest.raises(OnestepError, match="reverse KL"):
-        small_config(**{"objective.name": "uni_instruct", "objective.f": "rkl",
-                        "objective.log_ratio_gradient": "discriminator"})
+    for f, form, expected in (("rkl", "discriminator", False), ("js", "scores", False), ("js", "discriminator", True)):
+        cfg = small_config(**{"objective.name": "uni_instruct", "objective.f": f, "objective.log_ratio_gradient": form})
+        assert Plan.from_config(cfg).ratio_gradient is expected, (f, form)
+    assert Plan.from_config(small_config(**{"objective.name": "uni_instruct", "objective.f": "js"})).ratio_gradient

@@ -19,7 +19,8 @@ sigma) is multiplied by ``1 / sigma^2`` there, cubed in ``L_di``. ``log_ratio_gr
 discriminator`` takes ``grad log r`` from the discriminator that gives ``r`` (the input-gradient of
 its ratio logit, ``ObjectiveInputs.grad_log_r``): the pushes become ``q |Delta|^2 / 2 g`` and
 ``r h' <Delta, Df - x_g> g`` with ``g = grad log r``, free of ``1 / sigma^2`` and equal to the exact
-form wherever the discriminator's ratio is exact (tests/test_gradient_oracle.py proves both).
+form wherever the discriminator's ratio is exact (tests/test_gradient_oracle.py proves both). It
+is the default; ``scores`` keeps the form above.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import torch
 
 from ..core.schema import key
 from ..core.tensors import expand, sum_dims
-from ..errors import OnestepError
 from .common import WEIGHT_NORM_DOC, WeightNorm, per_sample_norm
 from .fdiv import f_weights
 from .inputs import ObjectiveInputs
@@ -43,20 +43,14 @@ from .registry import FAKE, TEACHER, register
 class UniInstructParams(RatioWeighted):
     fisher_weight: float = key(1.0, "weight of L_fisher (1: exact; 2 (1 - alpha): SiD(alpha) with rkl)")
     weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
-    log_ratio_gradient: Literal["scores", "discriminator"] = key(
-        "scores", "grad log r in L_di and L_x: (Dr - Df) / sigma^2 (scores; exact with exact scores) or the "
-        "input-gradient of the discriminator's ratio logit (discriminator; no 1/sigma^2 amplification of "
-        "the fake score's error)")
+    log_ratio_gradient: Literal["discriminator", "scores"] = key(
+        "discriminator", "grad log r in L_di and L_x: the input-gradient of the discriminator's ratio logit "
+        "(discriminator) or (Dr - Df) / sigma^2 (scores: exact with exact scores, but the fake score's error "
+        "grows like 1/sigma^2 there); unused with f: rkl")
 
     @property
     def needs_ratio_gradient(self) -> bool:
         return self.needs_ratio and self.log_ratio_gradient == "discriminator"
-
-    def check(self, prefix: str) -> None:
-        super().check(prefix)
-        if self.log_ratio_gradient == "discriminator" and not self.needs_ratio:
-            raise OnestepError(f"config key '{prefix}.log_ratio_gradient': reverse KL (f: rkl) reads no ratio; "
-                               "use it with another f, or leave it at 'scores'")
 
 
 @register("uni_instruct", params=UniInstructParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
@@ -73,10 +67,14 @@ def uni_instruct_loss(inp: ObjectiveInputs, p: UniInstructParams) -> torch.Tenso
         s2 = sigma**2
         di_coef = w.q * sum_dims(d**2) / 2
         x_coef = w.rh * sum_dims(d * (inp.Df - x_g).detach())
-        if p.needs_ratio_gradient and inp.grad_log_r is not None:
-            push = expand(di_coef + x_coef, d) * inp.grad_log_r  # (B, ...) g = grad log r at x_t
-        else:  # sigma^2 g = Delta with exact scores (the warm-up's rkl weights make this zero)
+        if not p.needs_ratio_gradient:  # sigma^2 g = Delta with exact scores
             push = expand((di_coef + x_coef) / s2, d) * d
+        elif inp.grad_log_r is not None:
+            push = expand(di_coef + x_coef, d) * inp.grad_log_r  # (B, ...) g = grad log r at x_t
+        elif bool((w.q != 0).any() or (w.rh != 0).any()):
+            raise ValueError("uni_instruct with log_ratio_gradient 'discriminator' needs ObjectiveInputs.grad_log_r")
+        else:  # reverse-KL weights (the ratio's warm-up): these terms are zero
+            push = torch.zeros_like(d)
     l_push = sum_dims(push * x_g)  # L_di + L_x
     loss = w.h * l_sim + p.fisher_weight * w.h_minus_rh * l_fisher + l_push
     return loss / per_sample_norm(x_g, inp.Dr, p.weight_norm)

@@ -308,6 +308,15 @@ STOCK = {  # network class (and whether a second text encoder is present) -> the
 TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
 
 
+T5_LENGTH_CAP = {"FluxPipeline": 512, "PixArtAlphaPipeline": 300}  # the longest T5 sequence each encodes
+
+
+def t5_length(model_max_length, pipeline_name: str) -> int:
+    """The T5 sequence length ``encode_text`` encodes prompts with for ``pipeline_name`` (its
+    tokenizer's ``model_max_length``, capped at what the stock pipeline accepts)."""
+    return min(int(model_max_length), T5_LENGTH_CAP[pipeline_name])
+
+
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     """CLIP embeddings (B, L, D) fp32 of ``prompts`` (Stable Diffusion's padding and truncation)."""
@@ -360,7 +369,7 @@ def encode_text(network, parts: dict, prompts: list[str], image_size: tuple[int,
         cond = {"encoder_hidden_states": pe, "pooled_projections": pooled}
         uncond = {"encoder_hidden_states": npe[:1], "pooled_projections": npooled[:1]}
     elif name == "FluxPipeline":  # guidance-distilled: no negative branch (the guidance is a network input)
-        length = min(int(parts["tokenizer_2"].model_max_length), 512)
+        length = t5_length(parts["tokenizer_2"].model_max_length, name)
         pe, pooled, _ = pipe.encode_prompt(prompts, None, device=device, num_images_per_prompt=1,
                                            max_sequence_length=length)
         npe, npooled, _ = pipe.encode_prompt([""], None, device=device, num_images_per_prompt=1,
@@ -368,7 +377,7 @@ def encode_text(network, parts: dict, prompts: list[str], image_size: tuple[int,
         cond = {"encoder_hidden_states": pe, "pooled_projections": pooled}
         uncond = {"encoder_hidden_states": npe, "pooled_projections": npooled}
     else:  # PixArt
-        length = min(int(parts["tokenizer"].model_max_length), 300)
+        length = t5_length(parts["tokenizer"].model_max_length, "PixArtAlphaPipeline")
         pe, mask, npe, nmask = pipe.encode_prompt(prompts, do_classifier_free_guidance=True, device=device,
                                                   clean_caption=False, max_sequence_length=length)
         cond = {"encoder_hidden_states": pe, "encoder_attention_mask": mask}

@@ -13,6 +13,8 @@ uni_instruct with JS is seed-sensitive at this short budget: with the fused Adam
 seed 0 blew up at iteration ~270 (generator gradient norm 0.4 -> 4.7, MMD 0.15, 91% of
 samples between modes) while seeds 1-3 reached 0.029-0.032. It is tested over seeds 0, 1, 2:
 the median must pass the common threshold and at least two runs must find every mode.
+(Re-measured with the ratio gradient from the discriminator, the default since issue 20: seeds
+0, 1, 2 at 0.024 / 0.034 / 0.027, the exact score form at 0.028 / 0.029 / 0.033.)
 """
 
 import pytest

@@ -36,6 +36,7 @@ from onestep import (
     PRESETS,
     FDScorer,
     OnestepError,
+    Plan,
     build_teacher,
     build_trainer,
     copy_report,
@@ -58,7 +59,7 @@ def divergence_summary(run: Path, cfg, scorer, n: int, seed: int, num_classes) -
     finite, the generator's gradient norm before clipping (the log rows' window means) within 10x
     of its value at the warm-up's end, and the raw generator's FD at the end no worse than at the
     warm-up's end (both at evaluation seed ``seed``)."""
-    warmup = cfg.objective.ratio_warmup if cfg.objective.ratio_warmup is not None else cfg.train.steps // 10
+    warmup = Plan.from_config(cfg).ratio_warmup
     rows = [r for r in read_stats(run / "stats.jsonl") if "grad_norm_generator" in r]
     at_end_of_warmup = next((r for r in rows if r["step"] >= warmup), None)
     after = [r["grad_norm_generator"] for r in rows if r["step"] > warmup]

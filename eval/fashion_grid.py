@@ -26,11 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROWS = {
     **{f"f_distill:{f}": ["objective.name=f_distill", f"objective.f={f}"] for f in ("rkl", "js", "fkl", "jeffreys")},
-    "uni_instruct:rkl": ["objective.name=uni_instruct", "objective.f=rkl"],
-    # with a learned ratio, grad log r from the discriminator (docs/objectives.md: the exact form's
-    # 1/sigma^2 pushes made uni_instruct(js) diverge on digits)
-    **{f"uni_instruct:{f}": ["objective.name=uni_instruct", f"objective.f={f}", "objective.log_ratio_gradient=discriminator"]
-       for f in ("js", "fkl")},
+    **{f"uni_instruct:{f}": ["objective.name=uni_instruct", f"objective.f={f}"] for f in ("rkl", "js", "fkl")},
     "dmd": ["objective.name=dmd"],
     "sid": ["objective.name=sid"],
     "sida": ["objective.name=sida"],

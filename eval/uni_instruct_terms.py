@@ -22,30 +22,19 @@ import sys
 
 import torch
 
-from onestep import build_trainer, load_config
+from onestep import build_trainer, load_config, uni_instruct_pushes
 
 EDGES = (0.05, 0.2, 1.0, 5.0)
-
-
-def _sum(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).sum(1)
 
 
 def _norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
-def term_sizes(inp) -> tuple[torch.Tensor, ...]:
+def term_sizes(inp, params) -> tuple[torch.Tensor, ...]:
     """(sigma, |h Delta|, |L_di push|, |L_x push|), each (B,), of one generator step's inputs."""
-    w, x_g, sigma = inp.weights, inp.x_g.detach(), inp.sigma
-    d = (inp.Dr - inp.Df).detach()
-    di = w.q * _sum(d**2) / 2
-    x = w.rh * _sum(d * (inp.Df.detach() - x_g))
-    if inp.grad_log_r is not None:
-        direction = _norm(inp.grad_log_r)
-    else:
-        direction = _norm(d) / sigma**2
-    return sigma, (w.h * _norm(d)).abs(), di.abs() * direction, x.abs() * direction
+    di, x = uni_instruct_pushes(inp, params)
+    return inp.sigma, (inp.weights.h * _norm((inp.Dr - inp.Df).detach())).abs(), _norm(di), _norm(x)
 
 
 def main(argv=None) -> int:
@@ -67,7 +56,7 @@ def main(argv=None) -> int:
     def recorded(inp, params):
         with torch.no_grad():
             if inp.weights is not None:
-                records.append([t.float().cpu() for t in term_sizes(inp)])
+                records.append([t.float().cpu() for t in term_sizes(inp, params)])
         return spec.fn(inp, params)
 
     trainer.method.spec = dataclasses.replace(spec, fn=recorded)

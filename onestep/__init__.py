@@ -55,6 +55,8 @@ _API = {
     "teacher_samples_at": ("onestep.evaluation.nfe", "teacher_samples_at"),
     "copy_report": ("onestep.evaluation.copy_check", "copy_report"),
     "discriminator_summary": ("onestep.evaluation.discriminator", "discriminator_summary"),
+    "uni_instruct_pushes": ("onestep.objectives.uni_instruct", "pushes"),
+    "Plan": ("onestep.distill.plan", "Plan"),
     "evaluate_mixture_samples": ("onestep.evaluation.gmm_metrics", "evaluate_samples"),
     "read_stats": ("onestep.evaluation.plots", "read_stats"),
     "save_fd_plot": ("onestep.evaluation.plots", "save_fd_plot"),

@@ -15,7 +15,6 @@ from .core.modules import fingerprint
 from .core.rundir import (
     NETWORK_FILE,
     checkpoint_path,
-    checkpoint_problem,
     latest_checkpoint,
     latest_valid_checkpoint,
     list_checkpoints,
@@ -59,10 +58,7 @@ def load_generator(run_dir: str | Path, ema: bool = False, device="cpu",
             kept = ", ".join(str(s) for s, _ in list_checkpoints(run_dir)) or "none"
             raise OnestepError(f"run {run_dir} has no checkpoint of step {step} (kept: {kept}); set "
                                "train.checkpoint_every and train.keep_checkpoints so that it is kept")
-        problem = checkpoint_problem(path)
-        if problem is not None:
-            raise OnestepError(problem)
-    tensors, raw = load_safetensors(path)
+    tensors, raw = load_safetensors(path)  # (checks the tensors against their recorded digest)
     try:
         cfg = config_mod.from_dict(json.loads(raw["config"]), stored=True)
         step = int(json.loads(raw["step"]))

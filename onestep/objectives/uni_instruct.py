@@ -53,28 +53,39 @@ class UniInstructParams(RatioWeighted):
         return self.needs_ratio and self.log_ratio_gradient == "discriminator"
 
 
+def _weights(inp: ObjectiveInputs):
+    return inp.weights if inp.weights is not None else f_weights("rkl", torch.zeros_like(inp.sigma))
+
+
+@torch.no_grad()
+def pushes(inp: ObjectiveInputs, p: UniInstructParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_di's push, L_x's push), each (B, ...) and detached: ``q |Delta|^2 / 2 g`` and
+    ``r h' <Delta, Df - x_g> g``, ``g = grad log r`` at ``x_t`` (``Delta / sigma^2`` with
+    ``log_ratio_gradient: scores``, else ``inp.grad_log_r``); ``sum_dims(push * x_g)`` is the term."""
+    w = _weights(inp)
+    d = (inp.Dr - inp.Df).detach()
+    di_coef = w.q * sum_dims(d**2) / 2
+    x_coef = w.rh * sum_dims(d * (inp.Df - inp.x_g).detach())
+    if not p.needs_ratio_gradient:  # sigma^2 g = Delta with exact scores
+        g = d / expand(inp.sigma**2, d)
+    elif inp.grad_log_r is not None:
+        g = inp.grad_log_r
+    elif bool((w.q != 0).any() or (w.rh != 0).any()):
+        raise ValueError("uni_instruct with log_ratio_gradient 'discriminator' needs ObjectiveInputs.grad_log_r")
+    else:  # reverse-KL weights (the ratio's warm-up): these terms are zero
+        g = torch.zeros_like(d)
+    return expand(di_coef, d) * g, expand(x_coef, d) * g
+
+
 @register("uni_instruct", params=UniInstructParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
           reference="Uni-Instruct, Wang et al. 2025, arXiv 2505.20755")
 def uni_instruct_loss(inp: ObjectiveInputs, p: UniInstructParams) -> torch.Tensor:
     """(B,): ``h L_sim + fisher_weight (h - r h') L_fisher + L_di + L_x`` over ``wf``."""
-    x_g, sigma = inp.x_g, inp.sigma
-    w = inp.weights if inp.weights is not None else f_weights("rkl", torch.zeros_like(sigma))
+    x_g, w = inp.x_g, _weights(inp)
     delta = inp.Dr - inp.Df
     l_sim = sum_dims(delta * (inp.Df - x_g))
     l_fisher = 0.5 * sum_dims(delta**2)
-    with torch.no_grad():
-        d = delta.detach()
-        s2 = sigma**2
-        di_coef = w.q * sum_dims(d**2) / 2
-        x_coef = w.rh * sum_dims(d * (inp.Df - x_g).detach())
-        if not p.needs_ratio_gradient:  # sigma^2 g = Delta with exact scores
-            push = expand((di_coef + x_coef) / s2, d) * d
-        elif inp.grad_log_r is not None:
-            push = expand(di_coef + x_coef, d) * inp.grad_log_r  # (B, ...) g = grad log r at x_t
-        elif bool((w.q != 0).any() or (w.rh != 0).any()):
-            raise ValueError("uni_instruct with log_ratio_gradient 'discriminator' needs ObjectiveInputs.grad_log_r")
-        else:  # reverse-KL weights (the ratio's warm-up): these terms are zero
-            push = torch.zeros_like(d)
-    l_push = sum_dims(push * x_g)  # L_di + L_x
+    di_push, x_push = pushes(inp, p)
+    l_push = sum_dims((di_push + x_push) * x_g)  # L_di + L_x
     loss = w.h * l_sim + p.fisher_weight * w.h_minus_rh * l_fisher + l_push
     return loss / per_sample_norm(x_g, inp.Dr, p.weight_norm)

@@ -86,11 +86,17 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--num-samples", type=int, default=None, help="default: the preset's (1,000 digits, 5,000 fashion)")
     ap.add_argument("--score-only", action="store_true", help="score a finished run, do not train")
+    ap.add_argument("--step", type=int, default=None,
+                    help="with --score-only: score the kept checkpoint of this step instead of the last one "
+                         "(a point of the run's learning curve; written to benchmark_step<N>.json)")
     ap.add_argument("--divergence-check", action="store_true",
                     help="also check the run against the criteria of a divergence after the ratio's warm-up "
                          "(needs the checkpoint of the warm-up's last step: set train.checkpoint_every and "
                          "train.keep_checkpoints to keep it)")
     args = ap.parse_args(argv)
+    if args.step is not None and not args.score_only:
+        print("benchmark_row: error: --step scores a kept checkpoint; add --score-only", file=sys.stderr)
+        return 2
 
     preset = PRESETS[args.preset]
     n = args.num_samples or preset.num_samples
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
             start = time.time()
             build_trainer(cfg, out).fit(resume=latest_checkpoint(out))
             seconds = time.time() - start
-        generator, cfg, step = load_generator(out, ema=True)
+        generator, cfg, step = load_generator(out, ema=True, step=args.step)
         stored = read_evaluation(cfg.teacher.path, preset.teacher) if preset.teacher is not None else None
         size = generator.network.sample_shape[-1]
         name = "digits16" if preset.dataset == "digits" and size == 16 else preset.dataset
@@ -125,7 +131,7 @@ def main(argv=None) -> int:
                 teacher = build_teacher(cfg, progress=False)
                 x_teacher, _ = teacher_samples_at(teacher, cfg.schedule, DIGITS_TEACHER_NFE, n, seed)
                 row["copy_check"] = copy_report(x, x_teacher, train)
-    row.update(discriminator_summary(read_stats(out / "stats.jsonl")))
+    row.update(discriminator_summary([r for r in read_stats(out / "stats.jsonl") if r.get("step", 0) <= step]))
     if args.divergence_check:
         try:
             row["divergence"] = divergence_summary(out, cfg, scorer, n, args.eval_seeds[0], num_classes)
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
             return 2
     line = json.dumps(row)
     print(line)
-    (out / "benchmark.json").write_text(line + "\n")
+    (out / ("benchmark.json" if args.step is None else f"benchmark_step{step}.json")).write_text(line + "\n")
     return 0
 
 

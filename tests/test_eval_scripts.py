@@ -130,7 +130,16 @@ def test_benchmark_row_divergence_check(tmp_path, capsys):
     assert check["fd_raw_at_warmup"] != check["fd_raw_at_end"]  # two different generators were scored
     assert check["diverged"] == (check["grad_norm_max_after"] > 10 * check["grad_norm_at_warmup"]
                                  or check["fd_raw_at_end"] > check["fd_raw_at_warmup"])
+    # --step scores a kept checkpoint (a learning-curve point) into its own file; the final row stays
+    final = json.loads((tmp_path / "run" / "benchmark.json").read_text())
+    scored = ["--output", str(tmp_path / "run"), "--eval-seeds", "0", "--num-samples", "16", "--score-only"]
+    assert row.main(scored + ["--step", "2"]) == 0
+    early = json.loads((tmp_path / "run" / "benchmark_step2.json").read_text())
+    assert early["step"] == 2 and final["step"] == 4 and early["fd_seed0"] != final["fd_seed0"]
+    assert json.loads((tmp_path / "run" / "benchmark.json").read_text()) == final
     capsys.readouterr()
+    assert row.main(scored[:-1] + ["--step", "2"]) == 2  # --step without --score-only would retrain
+    assert "add --score-only" in capsys.readouterr().err
     other = ["--output", str(tmp_path / "other"), *base[2:], "train.checkpoint_every=3"]
     assert row.main(other) == 2  # step 2 was never written
     err = capsys.readouterr().err.strip().splitlines()

@@ -6,10 +6,11 @@ Rows: ``f_distill`` x {rkl, js, fkl, jeffreys}, ``uni_instruct`` x {rkl, js, fkl
 ``sid``, ``sida`` as baselines, at training seed 0; ``--seed 1 --only LABELS`` adds a second
 training seed for the chosen rows. Each row is scored on 5,000 samples at evaluation seeds 1
 and 2 (eval/PROTOCOL.md: select on 1 and 2; the shipped recipe is then reported at seed 0).
-Every row inherits the recipe's GAN and regression terms; the regression weight (0.02) is set
-against ``f_distill``'s and ``dmd``'s per-pixel-mean gradients, so next to the summed gradients of
-``sid``, ``sida`` and ``uni_instruct`` it weighs 784 times less (docs/objectives.md, "Added
-terms"): pass ``--set regression.weight=...`` per family where that matters.
+Every row inherits the recipe's GAN and regression terms at the recipe's balance: its weights are
+set against ``f_distill``'s and ``dmd``'s gradients, which are per-pixel means, while ``sid``,
+``sida`` and ``uni_instruct`` sum theirs over the 1 x 28 x 28 values of a sample (docs/objectives.md,
+"Added terms"), so their rows get both weights times 784 (a ``--set`` of either weight is read at ``f_distill``'s
+scale and scaled alike).
 
     python eval/fashion_grid.py --output runs/fashion-grid --set train.steps=400   # the grid
     python eval/fashion_grid.py --output runs/fashion-grid --dry-run               # the commands only
@@ -23,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from onestep import PRESETS, load_config
+
 HERE = Path(__file__).resolve().parent
 ROWS = {
     **{f"f_distill:{f}": ["objective.name=f_distill", f"objective.f={f}"] for f in ("rkl", "js", "fkl", "jeffreys")},
@@ -31,6 +34,20 @@ ROWS = {
     "sid": ["objective.name=sid"],
     "sida": ["objective.name=sida"],
 }
+
+
+# families whose generator gradient is summed over a sample's values (not averaged): the added terms'
+# weights are scaled by the values per sample to keep the recipe's balance
+SUMMED_FAMILIES = ("sid", "sida", "uni_instruct")
+VALUES_PER_SAMPLE = 1 * 28 * 28  # Fashion-MNIST: one channel, 28 x 28
+
+
+def balance(label: str, gan_weight: float, regression_weight: float) -> list[str]:
+    """The overrides that keep the recipe's GAN and regression weights in balance with the row's
+    objective (none for the per-pixel-mean families)."""
+    if label.split(":")[0] not in SUMMED_FAMILIES:
+        return []
+    return [f"gan.weight={gan_weight * VALUES_PER_SAMPLE:g}", f"regression.weight={regression_weight * VALUES_PER_SAMPLE:g}"]
 
 
 def row_dir(output: Path, label: str, seed: int) -> Path:
@@ -54,12 +71,13 @@ def main(argv=None) -> int:
         print(f"fashion_grid: error: unknown row(s) {', '.join(unknown)} (valid: {', '.join(ROWS)})", file=sys.stderr)
         return 2
     output = Path(args.output)
+    recipe = load_config(PRESETS["fashion"].config, args.set)
     results = []
     for label in labels:
         out = row_dir(output, label, args.seed)
         cmd = [sys.executable, str(HERE / "benchmark_row.py"), "--preset", "fashion", "--output", str(out),
-               "--eval-seeds", *map(str, args.eval_seeds), "--set", *ROWS[label], f"train.seed={args.seed}",
-               *args.set]
+               "--eval-seeds", *map(str, args.eval_seeds), "--set", *ROWS[label],
+               f"train.seed={args.seed}", *args.set, *balance(label, recipe.gan.weight, recipe.regression.weight)]
         if args.num_samples:
             cmd += ["--num-samples", str(args.num_samples)]
         if args.dry_run:

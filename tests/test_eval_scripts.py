@@ -144,3 +144,24 @@ def test_benchmark_row_divergence_check(tmp_path, capsys):
     assert row.main(other) == 2  # step 2 was never written
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint of step 2" in err[0], err
+
+
+def test_fashion_grid_keeps_the_recipes_balance_per_family(capsys):
+    """sid, sida and uni_instruct sum their gradient over a sample's 784 values where f_distill and
+    dmd average it, so their rows carry the recipe's GAN and regression weights times 784; a
+    --set of either weight is read at f_distill's scale and scaled alike."""
+    from onestep import PRESETS, load_config
+
+    recipe = load_config(PRESETS["fashion"].config)
+    grid = _script("fashion_grid.py")
+    assert grid.main(["--output", "unused", "--dry-run", "--set", "train.steps=400"]) == 0
+    commands = {line.split("--output ")[1].split()[0].rsplit("/", 1)[1]: line
+                for line in capsys.readouterr().out.splitlines()}
+    scaled = (f"gan.weight={recipe.gan.weight * 784:g}", f"regression.weight={recipe.regression.weight * 784:g}")
+    for row in ("sid_s0", "sida_s0", "uni_instruct_js_s0", "uni_instruct_rkl_s0"):
+        assert all(term in commands[row] for term in scaled), commands[row]
+    for row in ("f_distill_js_s0", "dmd_s0"):
+        assert "gan.weight" not in commands[row] and "regression.weight" not in commands[row], commands[row]
+    assert grid.main(["--output", "unused", "--dry-run", "--only", "sid", "--set", "regression.weight=3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.endswith(f"regression.weight={784 * 3:g}"), line

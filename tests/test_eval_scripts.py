@@ -2,7 +2,8 @@
 
 ``gpu_check.sh`` needs a GPU; ``fid.py`` runs in test_watch_and_eval.py (with the stand-in
 Inception weights) and test_hostile.py; ``teacher_eval.py`` in test_fashion.py (on a tiny
-Fashion-MNIST teacher); ``train_fashion_features.py`` below, in-process on a subset. A new script fails ``test_every_script_has_a_smoke_run``
+Fashion-MNIST teacher); ``train_fashion_features.py`` below, in-process on a subset; ``term_gradients.py`` below, on a
+run it trains. A new script fails ``test_every_script_has_a_smoke_run``
 until it gets a case here.
 """
 
@@ -44,7 +45,8 @@ CASES = {
 
 def test_every_script_has_a_smoke_run():
     scripts = {p.name for p in EVAL.glob("*.py")}
-    assert scripts == set(CASES) | ELSEWHERE | {"train_fashion_features.py"}, scripts ^ (set(CASES) | ELSEWHERE)
+    below = {"train_fashion_features.py", "term_gradients.py"}
+    assert scripts == set(CASES) | ELSEWHERE | below, scripts ^ (set(CASES) | ELSEWHERE | below)
 
 
 @pytest.mark.parametrize("script", sorted(CASES))
@@ -165,3 +167,28 @@ def test_fashion_grid_keeps_the_recipes_balance_per_family(capsys):
     assert grid.main(["--output", "unused", "--dry-run", "--only", "sid", "--set", "regression.weight=3"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.endswith(f"regression.weight={784 * 3:g}"), line
+
+
+def test_term_gradients_measures_each_term_of_a_run(tmp_path, capsys):
+    """Every term of the digits recipe (objective, GAN, regression) pulls with a non-zero gradient,
+    the sum's gradient obeys the triangle inequality, and the run directory is left as it was
+    (read, not trained)."""
+    import json
+
+    row = _script("benchmark_row.py")
+    run = tmp_path / "run"
+    assert row.main(["--output", str(run), "--eval-seeds", "0", "--num-samples", "16", "--set", "train.steps=2",
+                     "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8", "train.batch_size=8",
+                     "regression.batch_size=4"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"}
+    terms = _script("term_gradients.py")
+    capsys.readouterr()
+    assert terms.main(["--run", str(run), "--batches", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["step"] == 2 and set(result["mean"]) == {"objective", "gan", "regression", "total"}
+    for batch in result["per_batch"]:
+        assert min(batch["objective"], batch["gan"], batch["regression"]) > 0, batch
+        assert batch["total"] <= (batch["objective"] + batch["gan"] + batch["regression"]) * (1 + 1e-5), batch
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"} == before
+    assert terms.main(["--run", str(run), "--step", "1"]) == 2
+    assert "no checkpoint of step 1" in capsys.readouterr().err

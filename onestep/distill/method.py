@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ class GeneratorLoss:
     stats: dict[str, float]
     x_g: torch.Tensor  # (local batch, *shape), detached: the first fake-score step reuses it
     cond: object
+    # the summands of ``loss`` as weighted, with their graphs: "objective", and "gan" and
+    # "regression" where used (eval/term_gradients.py measures each one's gradient)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Distillation:
@@ -119,23 +122,25 @@ class Distillation:
                                  Df=Df if FAKE in through else Df.detach(), weights=weights,
                                  grad_log_r=grad_log_r)
         loss = self.spec.fn(inputs, self.params).mean()
-        total = loss
+        total, terms = loss, {"objective": loss}
         if plan.use_gan:
             gan = generator_gan_loss(logits_gan)
             if plan.gan_at_xt:  # joins the objective's per-sample loss, normalised alike (SiDA)
                 gan = gan / per_sample_norm(x_g, Dr, getattr(self.params, "weight_norm", "none"))
             gan = gan.mean()
-            total = total + plan.gan_weight * gan
+            terms["gan"] = plan.gan_weight * gan
+            total = total + terms["gan"]
             stats["loss_gan"] = gan.item()
         if plan.use_regression:
             reg = regression_loss(x_pair, pairs[1]).mean()
-            total = total + plan.regression_weight * reg
+            terms["regression"] = plan.regression_weight * reg
+            total = total + terms["regression"]
             stats["loss_reg"] = reg.item()
         stats["loss_g"] = loss.item()
         if weights is not None:
             stats["h_max"] = float(weights.h.max())
         self.last = (x_g.detach(), cond)
-        return GeneratorLoss(total, stats, x_g.detach(), cond)
+        return GeneratorLoss(total, stats, x_g.detach(), cond, terms)
 
     def _generate(self, z, cond, pairs):
         """``x_g = G(z)`` (B, ...) and, with regression pairs, ``G(z_pair)`` from the same call."""

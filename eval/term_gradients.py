@@ -19,10 +19,7 @@ from pathlib import Path
 
 import torch
 
-from onestep import OnestepError, build_trainer, load_config
-from onestep.core.rundir import checkpoint_path
-from onestep.runs import resolve_checkpoint
-from onestep.train import state
+from onestep import OnestepError, build_trainer, checkpoint_of, load_config
 
 
 def gradient_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
@@ -34,13 +31,11 @@ def gradient_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float
 
 
 def term_gradients(run: Path, step: int | None, batches: int) -> dict:
-    path = resolve_checkpoint(run) if step is None else checkpoint_path(run, step)
-    if not path.is_file():
-        raise OnestepError(f"run {run} has no checkpoint of step {step}")
+    path = checkpoint_of(run, step)
     cfg = load_config(run / "config.yaml", ["train.progress=false"])
     trainer = build_trainer(cfg, run)
     try:
-        state.restore(trainer.checkpoint_state(), trainer.record, trainer.acc, path)
+        trainer.restore(path)
         method = trainer.method
         params = [p for p in method.nets.plain_generator.parameters() if p.requires_grad]
         rows = []
@@ -51,9 +46,7 @@ def term_gradients(run: Path, step: int | None, batches: int) -> dict:
             row["total"] = gradient_norm(out.loss, params)
             rows.append(row)
     finally:
-        trainer.acc.end_training()
-        if trainer.lock is not None:
-            trainer.lock.release()
+        trainer.close()
     names = list(rows[0])
     return {"run": str(run), "step": trainer.step, "batches": batches,
             "mean": {n: statistics.fmean(r[n] for r in rows) for n in names},

@@ -32,6 +32,7 @@ _API = {
     # runs, generators, pipelines
     "OneStepPipeline": ("onestep.portable.pipeline", "OneStepPipeline"),
     "load_generator": ("onestep.runs", "load_generator"),
+    "checkpoint_of": ("onestep.runs", "checkpoint_of"),
     "export_run": ("onestep.export", "export_run"),
     "load_pipeline": ("onestep.export", "load_pipeline"),
     "export_lora": ("onestep.export_lora", "export_lora"),

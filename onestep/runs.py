@@ -45,19 +45,25 @@ def resolve_checkpoint(run_dir: str | Path) -> Path:
     return path
 
 
+def checkpoint_of(run_dir: str | Path, step: int | None = None) -> Path:
+    """The run's latest sound checkpoint, or the kept checkpoint of ``step``."""
+    run_dir = Path(run_dir)
+    if step is None:
+        return resolve_checkpoint(run_dir)
+    path = checkpoint_path(run_dir, step)
+    if not path.is_file():
+        kept = ", ".join(str(s) for s, _ in list_checkpoints(run_dir)) or "none"
+        raise OnestepError(f"run {run_dir} has no checkpoint of step {step} (kept: {kept}); set "
+                           "train.checkpoint_every and train.keep_checkpoints so that it is kept")
+    return path
+
+
 def load_generator(run_dir: str | Path, ema: bool = False, device="cpu",
                    step: int | None = None) -> tuple[OneStepGenerator, config_mod.Config, int]:
     """The run's generator (or its EMA) from the latest checkpoint, or from the checkpoint of
     ``step``; returns (generator, config, step)."""
     run_dir = Path(run_dir)
-    if step is None:
-        path = resolve_checkpoint(run_dir)
-    else:
-        path = checkpoint_path(run_dir, step)
-        if not path.is_file():
-            kept = ", ".join(str(s) for s, _ in list_checkpoints(run_dir)) or "none"
-            raise OnestepError(f"run {run_dir} has no checkpoint of step {step} (kept: {kept}); set "
-                               "train.checkpoint_every and train.keep_checkpoints so that it is kept")
+    path = checkpoint_of(run_dir, step)
     tensors, raw = load_safetensors(path)  # (checks the tensors against their recorded digest)
     try:
         cfg = config_mod.from_dict(json.loads(raw["config"]), stored=True)

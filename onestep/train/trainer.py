@@ -277,17 +277,26 @@ class Trainer:
         try:
             return self._fit(resume)
         finally:
-            # finish the trackers and destroy the process group, also when the run raised: a gloo
-            # group left to interpreter exit can abort a process ("terminate called without an
-            # active exception")
-            self.acc.end_training()
-            if self.lock is not None:
-                self.lock.release()
+            self.close()
+
+    def close(self) -> None:
+        """Finish the trackers, destroy the process group and release the run directory's lock
+        (also after a run that raised: a gloo group left to interpreter exit can abort a process,
+        "terminate called without an active exception")."""
+        self.acc.end_training()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def restore(self, path: Path) -> None:
+        """Networks, optimisers, EMA, counters and random streams from the checkpoint at ``path``
+        (refused where the run's config differs from the one it was written with)."""
+        state.restore(self.checkpoint_state(), self.record, self.acc, path)
 
     def _fit(self, resume: Path | None) -> dict:
         tr = self.train
         if resume is not None:
-            state.restore(self.checkpoint_state(), self.record, self.acc, resume)
+            self.restore(resume)
         main = self.acc.is_main_process
         if main:
             atomic_write_text(config_mod.dump_yaml(self.record), self.run_dir / CONFIG_FILE)

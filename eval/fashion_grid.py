@@ -6,11 +6,12 @@ Rows: ``f_distill`` x {rkl, js, fkl, jeffreys}, ``uni_instruct`` x {rkl, js, fkl
 ``sid``, ``sida`` as baselines, at training seed 0; ``--seed 1 --only LABELS`` adds a second
 training seed for the chosen rows. Each row is scored on 5,000 samples at evaluation seeds 1
 and 2 (eval/PROTOCOL.md: select on 1 and 2; the shipped recipe is then reported at seed 0).
-Every row inherits the recipe's GAN and regression terms at the recipe's balance: its weights are
-set against ``f_distill``'s and ``dmd``'s gradients, which are per-pixel means, while ``sid``,
-``sida`` and ``uni_instruct`` sum theirs over the 1 x 28 x 28 values of a sample (docs/objectives.md,
-"Added terms"), so their rows get both weights times 784 (a ``--set`` of either weight is read at ``f_distill``'s
-scale and scaled alike).
+Every row inherits the recipe's GAN and regression terms at the recipe's balance: the weights are
+set next to the recipe's objective (``f_distill``, whose gradient is a per-value mean), and each row's
+are converted with the registry's ``reduction`` of its objective (``onestep.objective_gradient_scale``:
+``sid``, ``sida`` and ``uni_instruct`` sum theirs over the 1 x 28 x 28 values of a sample, so their
+weights are 784 times larger; docs/objectives.md, "Added terms"; a ``--set`` of either weight is read
+at the recipe objective's scale and converted alike).
 
     python eval/fashion_grid.py --output runs/fashion-grid --set train.steps=400   # the grid
     python eval/fashion_grid.py --output runs/fashion-grid --dry-run               # the commands only
@@ -24,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from onestep import PRESETS, load_config
+from onestep import PRESETS, load_config, objective_gradient_scale
 
 HERE = Path(__file__).resolve().parent
 ROWS = {
@@ -36,18 +37,22 @@ ROWS = {
 }
 
 
-# families whose generator gradient is summed over a sample's values (not averaged): the added terms'
-# weights are scaled by the values per sample to keep the recipe's balance
-SUMMED_FAMILIES = ("sid", "sida", "uni_instruct")
 VALUES_PER_SAMPLE = 1 * 28 * 28  # Fashion-MNIST: one channel, 28 x 28
 
 
-def balance(label: str, gan_weight: float, regression_weight: float) -> list[str]:
-    """The overrides that keep the recipe's GAN and regression weights in balance with the row's
-    objective (none for the per-pixel-mean families)."""
-    if label.split(":")[0] not in SUMMED_FAMILIES:
+def balance(objective: str, recipe_objective: str, gan_weight: float, regression_weight: float) -> list[str]:
+    """The overrides that keep the recipe's GAN and regression weights (set next to
+    ``recipe_objective``) in balance with ``objective`` (none when both reduce alike)."""
+    factor = (objective_gradient_scale(objective, VALUES_PER_SAMPLE)
+              / objective_gradient_scale(recipe_objective, VALUES_PER_SAMPLE))
+    if factor == 1.0:
         return []
-    return [f"gan.weight={gan_weight * VALUES_PER_SAMPLE:g}", f"regression.weight={regression_weight * VALUES_PER_SAMPLE:g}"]
+    return [f"gan.weight={gan_weight * factor:g}", f"regression.weight={regression_weight * factor:g}"]
+
+
+def objective_of(label: str) -> str:
+    """The objective of a row: ``f_distill:js`` -> ``f_distill``."""
+    return label.split(":")[0]
 
 
 def row_dir(output: Path, label: str, seed: int) -> Path:
@@ -77,7 +82,8 @@ def main(argv=None) -> int:
         out = row_dir(output, label, args.seed)
         cmd = [sys.executable, str(HERE / "benchmark_row.py"), "--preset", "fashion", "--output", str(out),
                "--eval-seeds", *map(str, args.eval_seeds), "--set", *ROWS[label],
-               f"train.seed={args.seed}", *args.set, *balance(label, recipe.gan.weight, recipe.regression.weight)]
+               f"train.seed={args.seed}", *args.set, *balance(objective_of(label), recipe.objective.name, recipe.gan.weight,
+                                                 recipe.regression.weight)]
         if args.num_samples:
             cmd += ["--num-samples", str(args.num_samples)]
         if args.dry_run:

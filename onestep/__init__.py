@@ -57,6 +57,7 @@ _API = {
     "copy_report": ("onestep.evaluation.copy_check", "copy_report"),
     "discriminator_summary": ("onestep.evaluation.discriminator", "discriminator_summary"),
     "uni_instruct_pushes": ("onestep.objectives.uni_instruct", "pushes"),
+    "objective_gradient_scale": ("onestep.objectives.registry", "gradient_scale"),
     "Plan": ("onestep.distill.plan", "Plan"),
     "evaluate_mixture_samples": ("onestep.evaluation.gmm_metrics", "evaluate_samples"),
     "read_stats": ("onestep.evaluation.plots", "read_stats"),

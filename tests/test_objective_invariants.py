@@ -148,3 +148,51 @@ def test_ratio_weights_clip_normalise_per_bin_and_by_mean_h():
     assert abs(float(w3.h.mean()) - 1) < 1e-5  # h / mean(h)
     unnorm = divergence_weights(logit, sigma, "js", 0.5, dataclasses.replace(RatioParams(), normalize_weights=False), sched)
     torch.testing.assert_close(w3.rh / w3.h, unnorm.rh / unnorm.h)  # all weights scaled alike
+
+
+def _tiled_gradients(name, params, copies, dim=6, batch=8):
+    """The generator gradient of objective ``name`` on samples of ``dim`` values and on the same
+    samples tiled ``copies`` times (every input repeated along the values, the denoisers acting per
+    value, so the tiled problem is the same one with more values); (B, dim) each, the tiled one
+    read at its first copy."""
+    gen = torch.Generator().manual_seed(3)
+    x_g, noise, grad_log_r = (torch.randn(batch, dim, generator=gen) for _ in range(3))
+    sigma = torch.exp(torch.randn(batch, generator=gen))
+    a, b = torch.rand(dim, generator=gen) + 0.5, torch.rand(dim, generator=gen) + 0.5
+    weights = f_weights(getattr(params, "f", "rkl"), torch.randn(batch, generator=gen) * 0.5)
+
+    def grad(k):
+        xg = x_g.repeat(1, k).requires_grad_(True)
+        x_t = xg + sigma[:, None] * noise.repeat(1, k)
+        inp = ObjectiveInputs(xg, sigma, torch.tanh(a.repeat(k) * x_t), b.repeat(k) * x_t / (1 + sigma[:, None] ** 2),
+                              weights, grad_log_r.repeat(1, k))
+        return _grad(name, params, inp)[:, :dim]
+
+    return grad(1), grad(copies)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_each_objective_reduces_over_values_as_registered(name):
+    """The registry's ``reduction`` is what the gradient does: with every value repeated 4 times a
+    summed per-value gradient stays, an averaged one falls 4x, sim's l2-normalised one 2x; that is
+    what ``gradient_scale`` (which eval/fashion_grid.py balances the added terms with) says. sim is
+    read with its Huber constant near zero (at c > 0 it is sum-like for small score differences)."""
+    spec = REGISTRY[name]
+    params = spec.params(c=1e-8) if name == "sim" else spec.params()
+    one, tiled = _tiled_gradients(name, params, copies=4)
+    assert one.abs().max() > 1e-4
+    expected = registry.gradient_scale(name, 4 * 6) / registry.gradient_scale(name, 6)
+    torch.testing.assert_close(tiled, expected * one, rtol=1e-4, atol=1e-7)
+    if spec.reduction != "sum":  # and the check can tell the reductions apart
+        assert not torch.allclose(tiled, one, rtol=1e-2)
+
+
+def test_the_added_terms_are_balanced_between_reductions():
+    """A weight set next to f_distill (mean) is 784x larger next to sid (sum) on 1 x 28 x 28 samples,
+    28x next to sim (l2); an unknown reduction is refused at registration."""
+    assert registry.gradient_scale("sid", 784) / registry.gradient_scale("f_distill", 784) == pytest.approx(784)
+    assert registry.gradient_scale("sim", 784) / registry.gradient_scale("dmd", 784) == pytest.approx(28)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        registry.register("not_an_objective", params=DMDParams, sigma_sampler="karras", reference="-",
+                          reduction="median")(lambda inp, p: inp.x_g)
+    assert "not_an_objective" not in REGISTRY

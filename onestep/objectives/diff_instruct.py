@@ -21,7 +21,7 @@ class DiffInstructParams:
     pass
 
 
-@register("diff_instruct", params=DiffInstructParams, sigma_sampler="lognormal",
+@register("diff_instruct", params=DiffInstructParams, sigma_sampler="lognormal", reduction="sum",
           reference="Diff-Instruct, Luo et al. 2023, arXiv 2305.18455")
 def diff_instruct_loss(inp: ObjectiveInputs, p: DiffInstructParams) -> torch.Tensor:
     """(B,): ``((Df - Dr) * x_g).sum(chw)`` with Df, Dr detached."""

@@ -31,7 +31,7 @@ DMD2_RECIPE = {"gan.sigma": "discriminator", "discriminator.features": "fake_sco
                "discriminator.loss_weight": 1e-2}
 
 
-@register("dmd", params=DMDParams, sigma_sampler="karras_grid", recipe=DMD2_RECIPE,
+@register("dmd", params=DMDParams, sigma_sampler="karras_grid", reduction="mean", recipe=DMD2_RECIPE,
           reference="DMD2, Yin et al. 2024, arXiv 2405.14867")
 def dmd_loss(inp: ObjectiveInputs, p: DMDParams) -> torch.Tensor:
     """(B,): surrogate for ``g = (Df - Dr) / wf``."""

@@ -24,7 +24,7 @@ class FDistillParams(RatioWeighted):
     weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
-@register("f_distill", params=FDistillParams, sigma_sampler="karras_grid",
+@register("f_distill", params=FDistillParams, sigma_sampler="karras_grid", reduction="mean",
           reference="f-distill, Xu et al. 2025, arXiv 2502.15681")
 def f_distill_loss(inp: ObjectiveInputs, p: FDistillParams) -> torch.Tensor:
     """(B,): surrogate for ``g = h(r) (Df - Dr) / wf``."""

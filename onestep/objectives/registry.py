@@ -22,6 +22,14 @@ from .inputs import ObjectiveInputs
 
 TEACHER, FAKE = "teacher", "fake_score"
 
+# How an objective reduces one sample's generator gradient over its C x H x W values (``reduction``):
+#   mean  each value's gradient is divided by their number (dmd, f_distill: DMD2's injected surrogate)
+#   sum   it is not (diff_instruct, sid, sida, uni_instruct: inner products summed over the values)
+#   l2    it is divided by the L2 norm of the score difference over the values (sim's pseudo-Huber)
+# The added terms (regression's summed residual, the GAN term) keep one weight's meaning only within
+# one reduction: ``gradient_scale`` converts between them (docs/objectives.md, "Added terms").
+REDUCTIONS = ("mean", "sum", "l2")
+
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
@@ -31,6 +39,7 @@ class ObjectiveSpec:
     grad_through: frozenset[str]
     sigma_sampler: str
     reference: str
+    reduction: str  # one of REDUCTIONS: how a sample's gradient is reduced over its values
     requires_gan: bool = False  # the objective is defined with the GAN term (gan.weight > 0)
     # defaults of null gan.* / discriminator.* keys for this objective, e.g. {"gan.weight": 0.01}
     recipe: dict = field(default_factory=dict)
@@ -43,15 +52,18 @@ class ObjectiveSpec:
 REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
-def register(name: str, *, params: type, sigma_sampler: str, reference: str, grad_through=(),
+def register(name: str, *, params: type, sigma_sampler: str, reference: str, reduction: str, grad_through=(),
              requires_gan: bool = False, recipe: dict | None = None):
-    """Decorator: register the loss function under ``name``."""
+    """Decorator: register the loss function under ``name``; ``reduction`` is one of ``REDUCTIONS``
+    (checked against each objective's gradient in tests/test_objective_invariants.py)."""
 
     def deco(fn):
         if name in REGISTRY:
             raise ValueError(f"objective '{name}' registered twice")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"objective '{name}': reduction must be one of {REDUCTIONS}, not {reduction!r}")
         REGISTRY[name] = ObjectiveSpec(name, fn, params, frozenset(grad_through), sigma_sampler, reference,
-                                       requires_gan, dict(recipe or {}))
+                                       reduction, requires_gan, dict(recipe or {}))
         return fn
 
     return deco
@@ -68,6 +80,16 @@ def get(name: str) -> ObjectiveSpec:
         raise OnestepError(
             f"unknown objective '{name}' (valid: {', '.join(REGISTRY)}); see `onestep objectives`"
         ) from None
+
+
+def gradient_scale(name: str, values: int) -> float:
+    """The size of objective ``name``'s per-value generator gradient on samples of ``values`` values
+    (C x H x W), relative to a summed one: 1 / values (``mean``), 1 (``sum``), 1 / sqrt(values)
+    (``l2``, of that order: each value's share of a unit-norm direction). A weight of an added term
+    set next to objective ``a`` keeps its balance next to ``b`` when multiplied by
+    ``gradient_scale(b, values) / gradient_scale(a, values)``."""
+    reduction = get(name).reduction
+    return {"mean": 1.0 / values, "sum": 1.0, "l2": values**-0.5}[reduction]
 
 
 def parameter_names() -> set[str]:
@@ -88,13 +110,13 @@ def table() -> str:
 
     ratio_keys = [f.name for f in dataclasses.fields(RatioWeighted) if f.name not in ("f", "f_alpha")]
     hidden = {*ratio_keys, "weight_norm"}
-    rows = [("name", "parameters (defaults)", "grad through", "sigma", "reference")]
+    rows = [("name", "parameters (defaults)", "grad through", "sigma", "values", "reference")]
     for spec in REGISTRY.values():
         params = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(spec.params) if f.name not in hidden)
         if spec.requires_gan:
             params = (params + ", " if params else "") + "gan.weight>0"
         through = "+".join(sorted(spec.grad_through)) or "none"
-        rows.append((spec.name, params or "-", through, spec.sigma_sampler, spec.reference))
+        rows.append((spec.name, params or "-", through, spec.sigma_sampler, spec.reduction, spec.reference))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -104,5 +126,8 @@ def table() -> str:
                       + ", ".join(f"{k}={v}" for k, v in spec.recipe.items())]
     lines += ["", f"f ({', '.join(_takes('f'))}): {', '.join(F_NAMES)}; f_alpha sets the alpha-divergence exponent.",
               f"Ratio keys ({', '.join(_takes(ratio_keys[0]))}): {', '.join(ratio_keys)}; "
-              f"weight_norm ({', '.join(_takes('weight_norm'))}): {' | '.join(WeightNorm.__args__)}."]
+              f"weight_norm ({', '.join(_takes('weight_norm'))}): {' | '.join(WeightNorm.__args__)}.",
+              "values: how a sample's generator gradient is reduced over its C x H x W values (mean: divided by"
+              " their number; sum: not; l2: by the score difference's norm); gan.weight and regression.weight"
+              " keep their balance only within one (docs/objectives.md, Added terms)."]
     return "\n".join(lines)

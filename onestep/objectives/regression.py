@@ -9,7 +9,7 @@ from ..core.tensors import sum_dims
 
 def regression_loss(x_g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``0.5 |G(z) - y(z)|^2`` summed over chw, with the squared L2 distance in place of LPIPS; (B,).
-    Its gradient per pixel is the residual ``G(z) - y``: the scale of the summed, ``wf``-normalised
-    gradients (sid, uni_instruct); dmd and f_distill average theirs over chw (DMD2's surrogate),
-    so next to them a given weight counts chw times more."""
+    Its gradient per value is the residual ``G(z) - y``, not divided by chw: the scale of the
+    objectives whose registry ``reduction`` is ``sum`` (sid, sida, uni_instruct); next to a ``mean``
+    one (dmd, f_distill) a given weight counts chw times more (``registry.gradient_scale``)."""
     return 0.5 * sum_dims((x_g - y.detach()) ** 2)

@@ -25,7 +25,7 @@ class SiDParams:
     weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
-@register("sid", params=SiDParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
+@register("sid", params=SiDParams, sigma_sampler="karras", reduction="sum", grad_through=(TEACHER, FAKE),
           reference="SiD, Zhou et al. 2024, arXiv 2404.04057")
 def sid_loss(inp: ObjectiveInputs, p: SiDParams) -> torch.Tensor:
     """(B,): ``((Dr - Df) * ((Dr - x_g) - alpha (Dr - Df))).sum(chw) / wf``."""

@@ -31,5 +31,5 @@ class SiDAParams:
     weight_norm: WeightNorm = key("wf", WEIGHT_NORM_DOC)
 
 
-register("sida", params=SiDAParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE), requires_gan=True,
+register("sida", params=SiDAParams, sigma_sampler="karras", reduction="sum", grad_through=(TEACHER, FAKE), requires_gan=True,
          recipe=SIDA_RECIPE, reference="SiDA, Zhou et al. 2024, arXiv 2410.14919")(sid_loss)

@@ -31,7 +31,7 @@ class SIMParams:
     sigma_weighting: Literal["sigma2", "none"] = key("sigma2", "time weighting w(sigma) of SIM's loss")
 
 
-@register("sim", params=SIMParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
+@register("sim", params=SIMParams, sigma_sampler="karras", reduction="l2", grad_through=(TEACHER, FAKE),
           reference="SIM, Luo et al. 2024, arXiv 2410.16794")
 def sim_loss(inp: ObjectiveInputs, p: SIMParams) -> torch.Tensor:
     """(B,): ``w(sigma) <Delta, Df - x_g> / (sigma^2 sqrt(|Delta|^2 + (c sigma^2)^2))``."""

@@ -77,7 +77,7 @@ def pushes(inp: ObjectiveInputs, p: UniInstructParams) -> tuple[torch.Tensor, to
     return expand(di_coef, d) * g, expand(x_coef, d) * g
 
 
-@register("uni_instruct", params=UniInstructParams, sigma_sampler="karras", grad_through=(TEACHER, FAKE),
+@register("uni_instruct", params=UniInstructParams, sigma_sampler="karras", reduction="sum", grad_through=(TEACHER, FAKE),
           reference="Uni-Instruct, Wang et al. 2025, arXiv 2505.20755")
 def uni_instruct_loss(inp: ObjectiveInputs, p: UniInstructParams) -> torch.Tensor:
     """(B,): ``h L_sim + fisher_weight (h - r h') L_fisher + L_di + L_x`` over ``wf``."""

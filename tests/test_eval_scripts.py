@@ -2,8 +2,8 @@
 
 ``gpu_check.sh`` needs a GPU; ``fid.py`` runs in test_watch_and_eval.py (with the stand-in
 Inception weights) and test_hostile.py; ``teacher_eval.py`` in test_fashion.py (on a tiny
-Fashion-MNIST teacher); ``train_fashion_features.py`` below, in-process on a subset; ``term_gradients.py`` below, on a
-run it trains. A new script fails ``test_every_script_has_a_smoke_run``
+Fashion-MNIST teacher); ``train_fashion_features.py`` below, in-process on a subset; ``term_gradients.py`` and
+``checkpoint_mean.py`` below, on runs they train. A new script fails ``test_every_script_has_a_smoke_run``
 until it gets a case here.
 """
 
@@ -45,7 +45,7 @@ CASES = {
 
 def test_every_script_has_a_smoke_run():
     scripts = {p.name for p in EVAL.glob("*.py")}
-    below = {"train_fashion_features.py", "term_gradients.py"}
+    below = {"train_fashion_features.py", "term_gradients.py", "checkpoint_mean.py"}
     assert scripts == set(CASES) | ELSEWHERE | below, scripts ^ (set(CASES) | ELSEWHERE | below)
 
 
@@ -192,3 +192,43 @@ def test_term_gradients_measures_each_term_of_a_run(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"} == before
     assert terms.main(["--run", str(run), "--step", "1"]) == 2
     assert "no checkpoint of step 1" in capsys.readouterr().err
+
+
+def test_checkpoint_mean_scores_the_benchmarks_generator_and_means_of_checkpoints(tmp_path, capsys):
+    """The EMA at the last step scores what benchmark_row scores; a mean of two raw checkpoints has
+    the mean of their weights (and another FD than either); the run is left as it was; an unkept
+    step is one line and exit 2."""
+    import json
+
+    import torch
+
+    row = _script("benchmark_row.py")
+    run = tmp_path / "run"
+    assert row.main(["--output", str(run), "--eval-seeds", "0", "--num-samples", "16", "--set", "train.steps=2",
+                     "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.sample_every=0",
+                     "data.cache_size=8", "train.batch_size=8", "regression.batch_size=4"]) == 0
+    benchmark = json.loads((run / "benchmark.json").read_text())
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"}
+    mean = _script("checkpoint_mean.py")
+    capsys.readouterr()
+
+    def fd(*extra):
+        assert mean.main(["--run", str(run), "--num-samples", "16", *extra]) == 0
+        return json.loads(capsys.readouterr().out.splitlines()[-1])["fd_digits"]
+
+    assert fd("--steps", "2") == pytest.approx(benchmark["fd_seed0"], rel=1e-6)
+    raw = {s: fd("--raw", "--steps", str(s)) for s in (1, 2)}
+    both = fd("--raw", "--steps", "1,2")
+    assert both not in raw.values()
+    from onestep import load_generator
+
+    g1, g2 = (load_generator(run, step=s)[0].state_dict() for s in (1, 2))
+    averaged = mean.mean_generator(run, [1, 2], ema=False).state_dict()
+    moved = [k for k in g1 if g1[k].is_floating_point() and not torch.equal(g1[k], g2[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(averaged[k], (g1[k] + g2[k]) / 2)
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"} == before
+    assert mean.main(["--run", str(run), "--steps", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint of step 7" in err[0], err

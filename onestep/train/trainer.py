@@ -275,7 +275,12 @@ class Trainer:
     def fit(self, resume: Path | None = None) -> dict:
         """Train to ``train.steps`` (resuming from ``resume`` if given); returns the last stats."""
         try:
-            return self._fit(resume)
+            stats = self._fit(resume)
+            # every rank here before any destroys the group: no collective still in flight on gloo's
+            # worker threads when the group goes (one that is can abort a rank at exit, "terminate
+            # called without an active exception", and the launcher then kills the others mid-write)
+            self.acc.wait_for_everyone()
+            return stats
         finally:
             self.close()
 

@@ -110,8 +110,7 @@ def main(argv=None) -> int:
             seconds = time.time() - start
         generator, cfg, step = load_generator(out, ema=True, step=args.step)
         stored = read_evaluation(cfg.teacher.path, preset.teacher) if preset.teacher is not None else None
-        size = generator.network.sample_shape[-1]
-        name = "digits16" if preset.dataset == "digits" and size == 16 else preset.dataset
+        name = preset.dataset_at(generator.network.sample_shape[-1])
         reference, train = load_named(name, "test")[0], load_named(name, "train")[0]
     except OnestepError as exc:
         print(f"benchmark_row: error: {exc}", file=sys.stderr)

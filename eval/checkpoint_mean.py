@@ -47,8 +47,7 @@ def main(argv=None) -> int:
     preset = PRESETS[args.preset]
     try:
         generator = mean_generator(Path(args.run), steps, ema=not args.raw)
-        name = "digits16" if preset.dataset == "digits" and generator.network.sample_shape[-1] == 16 else preset.dataset
-        reference = load_named(name, "test")[0]
+        reference = load_named(preset.dataset_at(generator.network.sample_shape[-1]), "test")[0]
     except OnestepError as exc:
         print(f"checkpoint_mean: error: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,10 @@ class Preset:
     teacher: TeacherProtocol | None  # None: the teacher is swept at run time (cached in the output)
     sweep_nfes: tuple[int, ...] = (1, 3, 7, 15, 31, 63)
 
+    def dataset_at(self, size: int) -> str:
+        """Its data set for models of ``size`` x ``size`` samples (the digits' 16x16 variant, digits16)."""
+        return "digits16" if self.dataset == "digits" and size == 16 else self.dataset
+
 
 PRESETS = {
     "digits": Preset("digits", DEMO_CONFIG, "digits", "digits", 1000, (0,), None),
@@ -109,7 +113,7 @@ def run_demo(output="runs/demo", config=None, overrides=(), num_samples: int | N
     teacher, schedule = trainer.teacher, cfg.schedule
     del trainer
     if reference.shape[-1] != teacher.sample_shape[-1]:  # the 16x16 digits variant
-        reference = train = load_named("digits16")[0]
+        reference = train = load_named(p.dataset_at(teacher.sample_shape[-1]))[0]
 
     # 2. the teacher: swept here (cached) or read from its stored evaluation; the student's FD
     scorer = FDScorer(reference, p.features)

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from onestep import PRESETS, load_config, objective_gradient_scale
+from onestep import PRESETS, Plan, load_config, objective_gradient_scale
 
 HERE = Path(__file__).resolve().parent
 ROWS = {
@@ -48,6 +48,18 @@ def balance(objective: str, recipe_objective: str, gan_weight: float, regression
     if factor == 1.0:
         return []
     return [f"gan.weight={gan_weight * factor:g}", f"regression.weight={regression_weight * factor:g}"]
+
+
+def divergence_check(label: str, overrides: list[str]) -> list[str]:
+    """For ``uni_instruct`` rows, the checkpoint settings that keep the checkpoint of the ratio
+    warm-up's last step, which ``--divergence-check`` (issue 20, item 6) scores ([] otherwise)."""
+    if objective_of(label) != "uni_instruct":
+        return []
+    cfg = load_config(PRESETS["fashion"].config, overrides)
+    warmup = Plan.from_config(cfg).ratio_warmup
+    if warmup < 1:
+        return []
+    return [f"train.checkpoint_every={warmup}", f"train.keep_checkpoints={cfg.train.steps // warmup + 1}"]
 
 
 def objective_of(label: str) -> str:
@@ -80,10 +92,13 @@ def main(argv=None) -> int:
     results = []
     for label in labels:
         out = row_dir(output, label, args.seed)
+        overrides = [*ROWS[label], f"train.seed={args.seed}", *args.set,
+                     *balance(objective_of(label), recipe.objective.name, recipe.gan.weight, recipe.regression.weight)]
+        check = divergence_check(label, overrides)
         cmd = [sys.executable, str(HERE / "benchmark_row.py"), "--preset", "fashion", "--output", str(out),
-               "--eval-seeds", *map(str, args.eval_seeds), "--set", *ROWS[label],
-               f"train.seed={args.seed}", *args.set, *balance(objective_of(label), recipe.objective.name, recipe.gan.weight,
-                                                 recipe.regression.weight)]
+               "--eval-seeds", *map(str, args.eval_seeds), "--set", *overrides, *check]
+        if check:
+            cmd.append("--divergence-check")
         if args.num_samples:
             cmd += ["--num-samples", str(args.num_samples)]
         if args.dry_run:
@@ -99,17 +114,19 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     lines = ["| row | seed | " + " | ".join(f"FD seed {s}" for s in args.eval_seeds)
-             + " | mean | held-out disc. acc. | acc. sigma < 0.05 / 0.05-0.2 | copy check | seconds |",
-             "|---|---:|" + "---:|" * (len(args.eval_seeds) + 5)]
+             + " | mean | held-out disc. acc. | acc. sigma < 0.05 / 0.05-0.2 | copy check | diverged | seconds |",
+             "|---|---:|" + "---:|" * (len(args.eval_seeds) + 6)]
     for label, row in results:
         fds = [row[f"fd_seed{s}"] for s in args.eval_seeds]
         acc = row.get("disc_acc_heldout")
         copies = row.get("copy_check", {}).get("student_below_teacher_p5")
         bins = row.get("disc_acc_bins")
         low = "-" if not bins else f"{bins[0]:.2f} / {bins[1]:.2f}"
+        check = row.get("divergence")  # uni_instruct rows: issue 20's criteria after the warm-up
+        diverged = "-" if check is None else ("yes" if check["diverged"] else "no")
         lines.append(f"| {label} | {args.seed} | " + " | ".join(f"{v:.2f}" for v in fds)
                      + f" | {sum(fds) / len(fds):.2f} | {'-' if acc is None else f'{acc:.3f}'} | {low} | "
-                     + f"{'-' if copies is None else f'{100 * copies:.1f}%'} | {row.get('train_seconds') or 0:.0f} |")
+                     + f"{'-' if copies is None else f'{100 * copies:.1f}%'} | {diverged} | {row.get('train_seconds') or 0:.0f} |")
     table = "\n".join(lines)
     print(table)
     (output / f"table_s{args.seed}.md").write_text(table + "\n")

@@ -148,7 +148,7 @@ def test_benchmark_row_divergence_check(tmp_path, capsys):
     assert len(err) == 1 and "no checkpoint of step 2" in err[0], err
 
 
-def test_fashion_grid_keeps_the_recipes_balance_per_family(capsys):
+def test_fashion_grid_keeps_the_recipes_balance_per_family_and_checks_divergence(capsys):
     """sid, sida and uni_instruct sum their gradient over a sample's 784 values where f_distill and
     dmd average it, so their rows carry the recipe's GAN and regression weights times 784; a
     --set of either weight is read at f_distill's scale and scaled alike."""
@@ -164,6 +164,11 @@ def test_fashion_grid_keeps_the_recipes_balance_per_family(capsys):
         assert all(term in commands[row] for term in scaled), commands[row]
     for row in ("f_distill_js_s0", "dmd_s0"):
         assert "gan.weight" not in commands[row] and "regression.weight" not in commands[row], commands[row]
+    # uni_instruct rows are checked for divergence after the ratio's warm-up (10% of 400 steps), so
+    # they keep the warm-up's checkpoint; the other rows keep the recipe's checkpoints
+    for row in ("uni_instruct_js_s0", "uni_instruct_fkl_s0"):
+        assert commands[row].endswith("train.checkpoint_every=40 train.keep_checkpoints=11 --divergence-check")
+    assert not any("--divergence-check" in commands[row] for row in ("f_distill_js_s0", "sida_s0", "dmd_s0"))
     assert grid.main(["--output", "unused", "--dry-run", "--only", "sid", "--set", "regression.weight=3"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.endswith(f"regression.weight={784 * 3:g}"), line

@@ -157,5 +157,5 @@ def feature_shapes(teacher, device) -> list[tuple[int, ...]]:
     cond = teacher.sample_cond(1, torch.Generator().manual_seed(0))
     cond = cond.to(device) if torch.is_tensor(cond) else cond
     with torch.no_grad():
-        _, feats = teacher.network(x, torch.ones(1, device=device), cond, return_features=True)
+        _, feats = teacher.network(x, torch.ones(1, device=device), cond, return_features="only")
     return [tuple(f.shape[1:]) for f in feats]

@@ -49,12 +49,20 @@ class CriticLoss:
         r1_on = self.plan.r1_weight > 0
         if r1_on:
             x_real = x_real.detach().requires_grad_(True)
-        if self.on_fake_score:  # one pass: the denoising loss's input, (the fakes,) the reals
+        if self.on_fake_score:  # the denoising loss's input, (the fakes,) the reals
             parts = [x_dn] if self.reuse_dsm else [x_dn, x_fake]
             sigmas = [sigma] if self.reuse_dsm else [sigma, sigma_f]
             conds = cond if self.reuse_dsm else cat_cond(cond, cond)
-            out, feats = self.nets.fake_score(torch.cat([*parts, x_real]), torch.cat([*sigmas, sigma_r]),
-                                              cat_cond(conds, cond_real), return_features=True)
+            net = self.nets.fake_score
+            if net is self.nets.plain_fake_score and net.stops_early():
+                # two passes: the reals need only the features (the decoder is ~3/4 of a UNet's
+                # cost). A data-parallel wrapper (DDP) expects one forward per backward: one pass.
+                out, feats = net(torch.cat(parts), torch.cat(sigmas), conds, return_features=True)
+                _, feats_real = net(x_real, sigma_r, cond_real, return_features="only")
+                feats = [torch.cat([f, r]) for f, r in zip(feats, feats_real)]
+            else:
+                out, feats = net(torch.cat([*parts, x_real]), torch.cat([*sigmas, sigma_r]),
+                                 cat_cond(conds, cond_real), return_features=True)
             D = out[:b].float()
             start = 0 if self.reuse_dsm else b  # where the fakes' rows begin; the reals are the last b
             logits = self.nets.discriminator([torch.cat([f[start:start + b], f[-b:]]) for f in feats])
@@ -62,7 +70,7 @@ class CriticLoss:
             D = self.nets.fake_score(x_dn, sigma, cond).float()
             with torch.enable_grad() if r1_on else torch.no_grad():
                 _, feats = self.teacher(torch.cat([x_fake, x_real]), torch.cat([sigma_f, sigma_r]),
-                                        cat_cond(cond, cond_real), return_features=True)
+                                        cat_cond(cond, cond_real), return_features="only")
             logits = self.nets.discriminator(feats)
         l_fake, l_real = logits[:b], logits[b:]
         bce_fake = torch.nn.functional.softplus(l_fake).flatten(1).mean(1)
@@ -86,7 +94,7 @@ class CriticLoss:
         net = self.nets.plain_fake_score if self.on_fake_score else self.teacher
 
         def logits_at(x, sigma, cond):
-            _, feats = net(x + expand(sigma, x) * draws.randn(*x.shape[1:]), sigma, cond, return_features=True)
+            _, feats = net(x + expand(sigma, x) * draws.randn(*x.shape[1:]), sigma, cond, return_features="only")
             return disc(feats)
 
         cond = draws.cond(self.teacher)

@@ -157,7 +157,7 @@ class Distillation:
         sigma = draws.sigma(*self.plan.critic.sampler)
         x_gan = x_g + expand(sigma, x_g) * draws.randn(*x_g.shape[1:])
         net = self.teacher if self.plan.features == TEACHER else self.nets.plain_fake_score
-        _, feats = _call(net, NetworkCall(grad=True, features=True), x_gan, sigma, cond)
+        _, feats = _call(net, NetworkCall(grad=True, features="only"), x_gan, sigma, cond)
         return self.nets.plain_discriminator(feats)
 
     def _weights(self, logits, sigma, step: int):

@@ -22,7 +22,7 @@ class NetworkCall:
     """How the generator step calls a frozen network at ``x_t``."""
 
     grad: bool  # the generator's gradient flows through the network's input
-    features: bool  # also return its feature taps (the discriminator reads them)
+    features: bool | str  # also return its feature taps (the discriminator reads them); "only": x0_hat not needed
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ class Denoiser(nn.Module):
     -> x0_hat (B, *sample_shape) fp32, or (x0_hat, features) with ``return_features``:
     ``features`` is a list of feature maps (B, C, H, W) or vectors (B, C), the taps
     ``feature_taps`` selects (``mid``: the bottleneck; ``encoder``: one per resolution, then the
-    bottleneck).
+    bottleneck). ``return_features="only"``: (x0_hat or None, features), the same features; a
+    network whose ``stops_early()`` is true stops after its last tap and returns None for x0_hat
+    (a discriminator's pass skips the decoder: a quarter of the UNet's cost, docs/design.md).
 
     ``cond``: None (``cond_kind == "none"``), class labels (B,) long (``"class"``), or prompt
     embeddings (B, L, D) (``"text"``).
@@ -50,6 +52,10 @@ class Denoiser(nn.Module):
         """Recompute activations in backward where the network supports it (default: no-op);
         ``function``: the checkpointing function (None: the network's default)."""
 
+    def stops_early(self) -> bool:
+        """Whether ``return_features="only"`` skips the layers after the last feature tap."""
+        return False
+
     def shard_units(self) -> list[nn.Module]:
         """The blocks FSDP shards one by one (default: none; the whole network is one unit)."""
         return []
@@ -60,10 +66,11 @@ class Denoiser(nn.Module):
         return None
 
 
-def call_fp32(net, x: torch.Tensor, sigma: torch.Tensor, cond, features: bool):
+def call_fp32(net, x: torch.Tensor, sigma: torch.Tensor, cond, features: bool | str):
     """(x0_hat (B, *sample_shape) in fp32, the feature taps or None) of a denoiser-like module
-    (a ``Denoiser``, a teacher, a fake score); the one call path of the frozen networks."""
+    (a ``Denoiser``, a teacher, a fake score); the one call path of the frozen networks.
+    ``features="only"``: x0_hat may be None (the network stopped after its last tap)."""
     if features:
-        d, feats = net(x, sigma, cond, return_features=True)
-        return d.float(), feats
+        d, feats = net(x, sigma, cond, return_features=features)
+        return (None if d is None else d.float()), feats
     return net(x, sigma, cond).float(), None

@@ -32,21 +32,40 @@ PACKED_CLASSES = ("FluxTransformer2DModel",)  # latents packed 2x2 into tokens: 
 DEFAULT_RESOLUTION = 1024  # pixels, for a network without a fixed size (FluxPipeline's default)
 
 
+class _FeaturesReady(Exception):
+    """Raised by the last feature tap's hook of a ``return_features="only"`` call: the rest of
+    the network's forward is skipped (caught in ``DiffusersDenoiser.forward``)."""
+
+
+def _keep(module, features):
+    module._onestep_features = features
+    if module.__dict__.get("_onestep_stop"):
+        raise _FeaturesReady
+
+
 def _store_mid(module, inputs, output):
     """Forward hook on the mid block: keep its output (B, C, h, w) for a discriminator."""
-    module._onestep_features = output[0] if isinstance(output, tuple) else output
+    _keep(module, output[0] if isinstance(output, tuple) else output)
 
 
 def _store_down(module, inputs, output):
     """Forward hook on a down block: keep its last state before downsampling (B, C, H, W)."""
     states = output[1]
-    module._onestep_features = states[-2] if getattr(module, "downsamplers", None) else states[-1]
+    _keep(module, states[-2] if getattr(module, "downsamplers", None) else states[-1])
 
 
 def _store_tokens(module, inputs, output):
     """Forward hook on a transformer block: keep its image tokens (B, N, D); joint blocks (SD3)
     return (text tokens, image tokens)."""
-    module._onestep_features = output[-1] if isinstance(output, tuple) else output
+    _keep(module, output[-1] if isinstance(output, tuple) else output)
+
+
+def _is_fsdp(module: torch.nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without distributed
+        return False
+    return isinstance(module, FSDPModule)
 
 
 def _tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:
@@ -175,6 +194,11 @@ class DiffusersDenoiser(Denoiser):
             return [*self.unet.down_blocks, self.unet.mid_block]
         return [self.unet.mid_block]
 
+    def stops_early(self) -> bool:
+        """Not when sharded: FSDP's hooks after a unit's forward must run (they reshard it and set
+        up its backward)."""
+        return not any(_is_fsdp(m) for m in (self.unet, *self.shard_units()))
+
     def _all_hooked(self) -> list:
         if self.is_transformer:
             blocks = list(self.unet.transformer_blocks)
@@ -250,13 +274,24 @@ class DiffusersDenoiser(Denoiser):
         u = t / self.param["num_train_timesteps"]
         return (u / (1 - u)).float()
 
-    def forward(self, x, sigma, cond=None, return_features: bool = False):
+    def forward(self, x, sigma, cond=None, return_features: bool | str = False):
         sigma = sigma.reshape(-1).float()
         if self.guidance is not None:  # a guidance-distilled network's guidance input (Flux-dev)
             cond = {**cond, "guidance": torch.full((len(x),), self.guidance, device=x.device)}
-        d = denoise(self.unet, x, sigma, self.sigma_to_t(sigma), cond,
-                    self.kind, self.prediction_type, self.sigma_data)
-        feats = [m.__dict__.get("_onestep_features") for m in self._taps()] if return_features else None
+        taps = self._taps()
+        # features only: stop after the last tap (the blocks run in the order of _taps)
+        last = taps[-1] if return_features == "only" and self.stops_early() else None
+        if last is not None:
+            last.__dict__["_onestep_stop"] = True
+        try:
+            d = denoise(self.unet, x, sigma, self.sigma_to_t(sigma), cond,
+                        self.kind, self.prediction_type, self.sigma_data)
+        except _FeaturesReady:
+            d = None
+        finally:
+            if last is not None:
+                last.__dict__.pop("_onestep_stop", None)
+        feats = [m.__dict__.get("_onestep_features") for m in taps] if return_features else None
         for m in self._all_hooked():  # drop references either way
             m.__dict__.pop("_onestep_features", None)
         if feats is not None and self.is_transformer:

@@ -20,5 +20,9 @@ class FakeScore(nn.Module):
         super().__init__()
         self.network = trainable(network)  # a full fp32 copy, or a LoRA adapter on the shared base
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, return_features: bool = False):
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, return_features: bool | str = False):
         return self.network(x, sigma, cond, return_features=return_features)
+
+    def stops_early(self) -> bool:
+        """Whether ``return_features="only"`` skips its layers after the last feature tap."""
+        return self.network.stops_early()

@@ -235,7 +235,7 @@ class AdapterView(nn.Module):
         except AttributeError:
             return getattr(self.__dict__["base"], attr)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, return_features: bool = False):
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond=None, return_features: bool | str = False):
         with active(self.base, self.name):
             return self.base(x, sigma, cond, return_features=return_features)
 

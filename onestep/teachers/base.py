@@ -55,14 +55,14 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True):  # a teacher is always in eval mode
         return super().train(False)
 
-    def _denoise(self, x, sigma, cond, features: bool):
-        """(x0_hat fp32, features or None)."""
+    def _denoise(self, x, sigma, cond, features: bool | str):
+        """(x0_hat fp32, features or None); ``features="only"``: x0_hat may be None."""
         return call_fp32(self.network, x, sigma, cond, features)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         return self._denoise(x, sigma, cond, False)[0]
 
-    def forward(self, x, sigma, cond=None, return_features: bool = False):
+    def forward(self, x, sigma, cond=None, return_features: bool | str = False):
         d, feats = self._denoise(x, sigma, cond, return_features)
         return (d, feats) if return_features else d
 

@@ -283,6 +283,8 @@ class DiffusersTeacher(Teacher):
         out = self.network(torch.cat([x, x]), torch.cat([sigma, sigma]), cat_cond(cond, uncond),
                            return_features=features)
         d, feats = out if features else (out, None)
+        if d is None:  # features only: the network stopped after its last tap
+            return None, [f[:b] for f in feats]
         d_cond, d_uncond = d.float().chunk(2)
         return d_uncond + w * (d_cond - d_uncond), ([f[:b] for f in feats] if feats is not None else None)
 

@@ -9,6 +9,7 @@ extra generator forwards of additional fake steps. Prints ``iteration / sum-of-p
 (target: at most 1.10).
 
     python eval/bench_step.py --teacher configs/digits.yaml
+    python eval/bench_step.py --teacher onestep/resources/fashion.yaml --objectives f_distill:js --gan
     python eval/bench_step.py --arch ddpm-cifar10 --batch 8            # random weights
     python eval/bench_step.py --arch ddpm-cifar10 --batch 64 --mixed-precision bf16   # on a GPU
 """
@@ -107,7 +108,20 @@ def passes(tr: Trainer) -> dict:
     k = tr.train.fake_steps_per_gen
     critic = method.critic
     feats_from = plan.features if critic is not None else None
-    fake_batch = b * (1 if feats_from != "fake_score" else 2 if critic.reuse_dsm else 3)
+    if plan.use_gan and not plan.gan_at_xt:  # the GAN term's features of x_g at the discriminator's sigmas
+        gan_net = tr.teacher if feats_from == "teacher" else fake
+
+        def gan_features():
+            x = x_t.clone().requires_grad_(True)
+            with frozen(fake), ac():
+                _, feats = gan_net(x, sigma, cond, return_features="only")
+            sum(f.float().square().mean() for f in feats).backward()
+        out["GAN term: features fwd+bwd(x)"] = gan_features
+    # the fake score's denoising rows (and, reading its features, the discriminator's fakes and
+    # reals): in one process the reals pass features-only (distill/critic.py), else one batch
+    split = feats_from == "fake_score" and method.nets.fake_score is fake and fake.stops_early()
+    rows = 1 if feats_from != "fake_score" or critic.reuse_dsm else 2
+    fake_batch = b * (rows if split or feats_from != "fake_score" else rows + 1)
     xf = torch.randn(fake_batch, *shape, device=dev)
     sf = torch.full((fake_batch,), 1.0, device=dev)
     cf = cond if cond is None or feats_from != "fake_score" else torch.cat([cond] * (fake_batch // b))
@@ -115,7 +129,12 @@ def passes(tr: Trainer) -> dict:
     def fake_loss():
         with ac():
             d = fake(xf, sf, cf, return_features=feats_from == "fake_score")
-        (d[0] if isinstance(d, tuple) else d).float().square().mean().backward()
+            if split:
+                _, real_feats = fake(x_t, sigma, cond, return_features="only")
+        loss = (d[0] if isinstance(d, tuple) else d).float().square().mean()
+        if split:
+            loss = loss + sum(f.float().square().mean() for f in real_feats)
+        loss.backward()
 
     out[f"fake fwd+bwd x{k}"] = lambda: [fake_loss() for _ in range(k)]
     if k > 1:
@@ -179,6 +198,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--gan", action="store_true",
+                    help="keep the config's GAN term (default: off, each objective alone); its features pass "
+                         "of the generator's samples is then one of the timed passes")
     args = ap.parse_args(argv)
     if not (args.teacher or args.arch):
         ap.error("give --teacher CONFIG or --arch ddpm-cifar10")
@@ -203,7 +225,8 @@ def main(argv=None) -> int:
     for item in args.objectives.split(","):
         name, _, f = item.partition(":")
         data = {**base, "objective": {"name": name, **({"f": f, "ratio_warmup": 0} if f else {})}}
-        data["gan"] = {"weight": 0.0}
+        if not args.gan:
+            data["gan"] = {"weight": 0.0}
         cfg = config_mod.from_dict(data)
         r = bench(cfg, item, args.repeats, teacher)
         teacher = r.pop("teacher")  # load the teacher once

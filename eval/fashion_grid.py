@@ -10,8 +10,9 @@ Every row inherits the recipe's GAN and regression terms at the recipe's balance
 set next to the recipe's objective (``f_distill``, whose gradient is a per-value mean), and each row's
 are converted with the registry's ``reduction`` of its objective (``onestep.objective_gradient_scale``:
 ``sid``, ``sida`` and ``uni_instruct`` sum theirs over the 1 x 28 x 28 values of a sample, so their
-weights are 784 times larger; docs/objectives.md, "Added terms"; a ``--set`` of either weight is read
-at the recipe objective's scale and converted alike).
+weights, and the gradient-clipping threshold of the generator's whole gradient, are 784 times
+larger; docs/objectives.md, "Added terms"; a ``--set`` of either weight or of ``train.grad_clip``
+is read at the recipe objective's scale and converted alike).
 
     python eval/fashion_grid.py --output runs/fashion-grid --set train.steps=400   # the grid
     python eval/fashion_grid.py --output runs/fashion-grid --dry-run               # the commands only
@@ -40,14 +41,19 @@ ROWS = {
 VALUES_PER_SAMPLE = 1 * 28 * 28  # Fashion-MNIST: one channel, 28 x 28
 
 
-def balance(objective: str, recipe_objective: str, gan_weight: float, regression_weight: float) -> list[str]:
-    """The overrides that keep the recipe's GAN and regression weights (set next to
-    ``recipe_objective``) in balance with ``objective`` (none when both reduce alike)."""
+def balance(objective: str, recipe_objective: str, gan_weight: float, regression_weight: float,
+            grad_clip: float = 0.0) -> list[str]:
+    """The overrides that keep the recipe's GAN and regression weights and its gradient clipping
+    (set next to ``recipe_objective``) in balance with ``objective`` (none when both reduce
+    alike): the whole generator gradient scales by the same factor, so the clipping threshold
+    does too (else a summed objective's gradient, hundreds of times the threshold, would be
+    clipped at every step)."""
     factor = (objective_gradient_scale(objective, VALUES_PER_SAMPLE)
               / objective_gradient_scale(recipe_objective, VALUES_PER_SAMPLE))
     if factor == 1.0:
         return []
-    return [f"gan.weight={gan_weight * factor:g}", f"regression.weight={regression_weight * factor:g}"]
+    out = [f"gan.weight={gan_weight * factor:g}", f"regression.weight={regression_weight * factor:g}"]
+    return out + ([f"train.grad_clip={grad_clip * factor:g}"] if grad_clip > 0 else [])
 
 
 def divergence_check(label: str, overrides: list[str]) -> list[str]:
@@ -93,7 +99,8 @@ def main(argv=None) -> int:
     for label in labels:
         out = row_dir(output, label, args.seed)
         overrides = [*ROWS[label], f"train.seed={args.seed}", *args.set,
-                     *balance(objective_of(label), recipe.objective.name, recipe.gan.weight, recipe.regression.weight)]
+                     *balance(objective_of(label), recipe.objective.name, recipe.gan.weight, recipe.regression.weight,
+                             recipe.train.grad_clip)]
         check = divergence_check(label, overrides)
         cmd = [sys.executable, str(HERE / "benchmark_row.py"), "--preset", "fashion", "--output", str(out),
                "--eval-seeds", *map(str, args.eval_seeds), "--set", *overrides, *check]

@@ -150,8 +150,9 @@ def test_benchmark_row_divergence_check(tmp_path, capsys):
 
 def test_fashion_grid_keeps_the_recipes_balance_per_family_and_checks_divergence(capsys):
     """sid, sida and uni_instruct sum their gradient over a sample's 784 values where f_distill and
-    dmd average it, so their rows carry the recipe's GAN and regression weights times 784; a
-    --set of either weight is read at f_distill's scale and scaled alike."""
+    dmd average it, so their rows carry the recipe's GAN and regression weights and its gradient
+    clipping threshold times 784; a --set of either weight is read at f_distill's scale and scaled
+    alike."""
     from onestep import PRESETS, load_config
 
     recipe = load_config(PRESETS["fashion"].config)
@@ -159,11 +160,12 @@ def test_fashion_grid_keeps_the_recipes_balance_per_family_and_checks_divergence
     assert grid.main(["--output", "unused", "--dry-run", "--set", "train.steps=400"]) == 0
     commands = {line.split("--output ")[1].split()[0].rsplit("/", 1)[1]: line
                 for line in capsys.readouterr().out.splitlines()}
-    scaled = (f"gan.weight={recipe.gan.weight * 784:g}", f"regression.weight={recipe.regression.weight * 784:g}")
+    scaled = (f"gan.weight={recipe.gan.weight * 784:g}", f"regression.weight={recipe.regression.weight * 784:g}",
+              f"train.grad_clip={recipe.train.grad_clip * 784:g}")
     for row in ("sid_s0", "sida_s0", "uni_instruct_js_s0", "uni_instruct_rkl_s0"):
         assert all(term in commands[row] for term in scaled), commands[row]
     for row in ("f_distill_js_s0", "dmd_s0"):
-        assert "gan.weight" not in commands[row] and "regression.weight" not in commands[row], commands[row]
+        assert not any(key in commands[row] for key in ("gan.weight", "regression.weight", "grad_clip")), commands[row]
     # uni_instruct rows are checked for divergence after the ratio's warm-up (10% of 400 steps), so
     # they keep the warm-up's checkpoint; the other rows keep the recipe's checkpoints
     for row in ("uni_instruct_js_s0", "uni_instruct_fkl_s0"):
@@ -171,7 +173,7 @@ def test_fashion_grid_keeps_the_recipes_balance_per_family_and_checks_divergence
     assert not any("--divergence-check" in commands[row] for row in ("f_distill_js_s0", "sida_s0", "dmd_s0"))
     assert grid.main(["--output", "unused", "--dry-run", "--only", "sid", "--set", "regression.weight=3"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.endswith(f"regression.weight={784 * 3:g}"), line
+    assert line.endswith(f"regression.weight={784 * 3:g} train.grad_clip={784 * recipe.train.grad_clip:g}"), line
 
 
 def test_term_gradients_measures_each_term_of_a_run(tmp_path, capsys):

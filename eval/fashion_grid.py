@@ -32,9 +32,10 @@ HERE = Path(__file__).resolve().parent
 ROWS = {
     **{f"f_distill:{f}": ["objective.name=f_distill", f"objective.f={f}"] for f in ("rkl", "js", "fkl", "jeffreys")},
     **{f"uni_instruct:{f}": ["objective.name=uni_instruct", f"objective.f={f}"] for f in ("rkl", "js", "fkl")},
-    "dmd": ["objective.name=dmd"],
-    "sid": ["objective.name=sid"],
-    "sida": ["objective.name=sida"],
+    # (the recipe's objective.f is unset for the objectives without one)
+    "dmd": ["objective.name=dmd", "objective.f=null"],
+    "sid": ["objective.name=sid", "objective.f=null"],
+    "sida": ["objective.name=sida", "objective.f=null"],
 }
 
 

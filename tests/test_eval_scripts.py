@@ -160,6 +160,9 @@ def test_fashion_grid_keeps_the_recipes_balance_per_family_and_checks_divergence
     assert grid.main(["--output", "unused", "--dry-run", "--set", "train.steps=400"]) == 0
     commands = {line.split("--output ")[1].split()[0].rsplit("/", 1)[1]: line
                 for line in capsys.readouterr().out.splitlines()}
+    for row, line in commands.items():  # every row's overrides make a valid config of its objective
+        overrides = line.split(" --set ")[1].split(" --")[0].split()
+        assert load_config(PRESETS["fashion"].config, overrides).objective.name in row, row
     scaled = (f"gan.weight={recipe.gan.weight * 784:g}", f"regression.weight={recipe.regression.weight * 784:g}",
               f"train.grad_clip={recipe.train.grad_clip * 784:g}")
     for row in ("sid_s0", "sida_s0", "uni_instruct_js_s0", "uni_instruct_rkl_s0"):

@@ -108,6 +108,10 @@ def _objective(**section):
 def test_config_rejects_parameters_an_objective_does_not_take():
     with pytest.raises(OnestepError, match="'objective.f' is not a parameter of 'sid'"):
         _objective(name="sid", f="js")
+    # set to null it is unset: a config written for f_distill switches to sid with objective.f=null
+    assert _objective(name="sid", f=None).params == _objective(name="sid").params
+    with pytest.raises(OnestepError, match="unknown config key 'objective.nope'"):
+        _objective(name="sid", nope=None)
     with pytest.raises(OnestepError, match="objective.f.*got 'kl'"):
         _objective(name="f_distill", f="kl")
     with pytest.raises(OnestepError, match="only used with objective.f: alpha"):

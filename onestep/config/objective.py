@@ -73,6 +73,8 @@ def build_objective(data: Any, stored: bool = False) -> ObjectiveConfig:
     names = [f.name for f in dataclasses.fields(spec.params)]
     if stored:
         own = {k: v for k, v in own.items() if v is not None and (k in names or k not in registry.parameter_names())}
+    else:  # another objective's parameter set to null is unset (``--set objective.name=dmd objective.f=null``)
+        own = {k: v for k, v in own.items() if v is not None or k in names or k not in registry.parameter_names()}
     for k in own:
         if k not in names:
             if k in registry.parameter_names():

@@ -25,7 +25,7 @@ class Denoiser(nn.Module):
     ``feature_taps`` selects (``mid``: the bottleneck; ``encoder``: one per resolution, then the
     bottleneck). ``return_features="only"``: (x0_hat or None, features), the same features; a
     network whose ``stops_early()`` is true stops after its last tap and returns None for x0_hat
-    (a discriminator's pass skips the decoder: a quarter of the UNet's cost, docs/design.md).
+    (a discriminator's pass then skips the decoder, about three quarters of a UNet's cost; docs/design.md).
 
     ``cond``: None (``cond_kind == "none"``), class labels (B,) long (``"class"``), or prompt
     embeddings (B, L, D) (``"text"``).

@@ -119,12 +119,13 @@ def passes(tr: Trainer) -> dict:
         out["GAN term: features fwd+bwd(x)"] = gan_features
     # the fake score's denoising rows (and, reading its features, the discriminator's fakes and
     # reals): in one process the reals pass features-only (distill/critic.py), else one batch
-    split = feats_from == "fake_score" and method.nets.fake_score is fake and fake.stops_early()
-    rows = 1 if feats_from != "fake_score" or critic.reuse_dsm else 2
-    fake_batch = b * (rows if split or feats_from != "fake_score" else rows + 1)
+    on_fake = feats_from == "fake_score"
+    split = on_fake and critic.reals_apart()
+    rows = 1 if not on_fake or critic.reuse_dsm else 2  # the denoising rows (and the fakes)
+    fake_batch = b * (rows + int(on_fake and not split))
     xf = torch.randn(fake_batch, *shape, device=dev)
     sf = torch.full((fake_batch,), 1.0, device=dev)
-    cf = cond if cond is None or feats_from != "fake_score" else torch.cat([cond] * (fake_batch // b))
+    cf = cond if cond is None or not on_fake else torch.cat([cond] * (fake_batch // b))
 
     def fake_loss():
         with ac():

@@ -57,7 +57,7 @@ def balance(objective: str, recipe_objective: str, gan_weight: float, regression
     return out + ([f"train.grad_clip={grad_clip * factor:g}"] if grad_clip > 0 else [])
 
 
-def divergence_check(label: str, overrides: list[str]) -> list[str]:
+def warmup_checkpoints(label: str, overrides: list[str]) -> list[str]:
     """For ``uni_instruct`` rows, the checkpoint settings that keep the checkpoint of the ratio
     warm-up's last step, which ``--divergence-check`` (issue 20, item 6) scores ([] otherwise)."""
     if objective_of(label) != "uni_instruct":
@@ -102,10 +102,10 @@ def main(argv=None) -> int:
         overrides = [*ROWS[label], f"train.seed={args.seed}", *args.set,
                      *balance(objective_of(label), recipe.objective.name, recipe.gan.weight, recipe.regression.weight,
                              recipe.train.grad_clip)]
-        check = divergence_check(label, overrides)
+        keep = warmup_checkpoints(label, overrides)
         cmd = [sys.executable, str(HERE / "benchmark_row.py"), "--preset", "fashion", "--output", str(out),
-               "--eval-seeds", *map(str, args.eval_seeds), "--set", *overrides, *check]
-        if check:
+               "--eval-seeds", *map(str, args.eval_seeds), "--set", *overrides, *keep]
+        if keep:
             cmd.append("--divergence-check")
         if args.num_samples:
             cmd += ["--num-samples", str(args.num_samples)]

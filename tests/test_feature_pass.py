@@ -34,8 +34,8 @@ def teachers(tmp_path_factory):
     return out
 
 
-def _called(net) -> list[str]:
-    """Names of the modules a call of ``net`` runs, in order (forward hooks on every module)."""
+def _called(net) -> tuple[list[str], list]:
+    """(names of the modules a call of ``net`` completes, in order; the hooks' handles)."""
     names, handles = [], []
     for name, module in net.named_modules():
         handles.append(module.register_forward_hook(lambda m, i, o, name=name: names.append(name)))

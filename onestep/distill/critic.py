@@ -33,6 +33,13 @@ class CriticLoss:
         self.sampler, self.shared = plan.sampler, plan.shared_noise
         self.on_fake_score, self.reuse_dsm = plan.on_fake_score, plan.one_pass
 
+    def reals_apart(self) -> bool:
+        """Whether the real rows take their own features-only pass of the fake score (the decoder
+        is ~3/4 of a UNet's cost): where the fake score can stop early and is not wrapped for data
+        parallelism (DDP expects one forward per backward; it then gets one batched pass)."""
+        net = self.nets.fake_score
+        return self.on_fake_score and net is self.nets.plain_fake_score and net.stops_early()
+
     def _weight(self, sigma):
         return edm_loss_weight(sigma, self.teacher.sigma_data) if self.plan.weighting == "edm" else 1.0
 
@@ -54,9 +61,7 @@ class CriticLoss:
             sigmas = [sigma] if self.reuse_dsm else [sigma, sigma_f]
             conds = cond if self.reuse_dsm else cat_cond(cond, cond)
             net = self.nets.fake_score
-            if net is self.nets.plain_fake_score and net.stops_early():
-                # two passes: the reals need only the features (the decoder is ~3/4 of a UNet's
-                # cost). A data-parallel wrapper (DDP) expects one forward per backward: one pass.
+            if self.reals_apart():
                 out, feats = net(torch.cat(parts), torch.cat(sigmas), conds, return_features=True)
                 _, feats_real = net(x_real, sigma_r, cond_real, return_features="only")
                 feats = [torch.cat([f, r]) for f, r in zip(feats, feats_real)]

@@ -66,12 +66,33 @@ def build_teacher(config: Config, run_dir=None, device="cpu", progress: bool = T
 
 
 def teacher_cache(teacher, config: Config, run_dir=None, device="cpu", progress: bool = True) -> TeacherSampleCache:
+    """The run's teacher (noise, sample) pairs: the file ``data.pairs`` names (made beforehand by
+    ``make_pairs``, checked against the teacher), else made once in ``run_dir``."""
     d = config.data
-    path = Path(run_dir) / CACHE_FILE if run_dir is not None else None
     seed = config.train.seed + CACHE_SEED_OFFSET
+    if d.pairs:
+        return TeacherSampleCache(teacher, 0, 0, d.cache_batch, seed, config.schedule, Path(d.pairs), device,
+                                  progress, pairs_tag(config), fixed=True)
+    path = Path(run_dir) / CACHE_FILE if run_dir is not None else None
     tag = kinds.digest(asdict(config.teacher), d.cache_size, d.cache_steps, seed, asdict(config.schedule))
     return TeacherSampleCache(teacher, d.cache_size, d.cache_steps, d.cache_batch, seed, config.schedule, path, device,
                               progress, tag)
+
+
+def pairs_tag(config: Config) -> str:
+    """What a pairs file must have been made with besides its teacher: the noise schedule."""
+    return kinds.digest("pairs", asdict(config.schedule))
+
+
+def make_pairs(teacher, config: Config, path: Path, dtype: torch.dtype = torch.float32, device="cpu",
+               progress: bool = True) -> int:
+    """Write ``data.cache_size`` teacher pairs (``data.cache_steps`` Heun steps, seed ``train.seed +
+    CACHE_SEED_OFFSET``) to the pairs file ``path``, for runs that name it in ``data.pairs``."""
+    d = config.data
+    cache = TeacherSampleCache(teacher, d.cache_size, d.cache_steps, d.cache_batch,
+                               config.train.seed + CACHE_SEED_OFFSET, config.schedule, None, device, progress,
+                               pairs_tag(config))
+    return cache.save_pairs(Path(path), dtype)
 
 
 def real_source(teacher, config: Config, cache: TeacherSampleCache | None, **cache_args):
@@ -103,6 +124,10 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
         dataset = dataset_source(config.data.dataset, teacher, root=config.data.root)
         if config.data.dataset in WITH_TEST_SPLIT:
             dataset_test = dataset_source(config.data.dataset, teacher, "test", config.data.root)
+    # a pairs file is checked before anything is written (against its teacher where that is loaded)
+    pairs_file = teacher_cache(teacher, config) if config.data.pairs else None
+    if pairs_file is not None:
+        pairs_file.check()
     if teacher is not None:  # LoRA targets checked before anything is written
         for name in ("generator", "fake_score"):
             settings = getattr(config, name).lora.settings()
@@ -117,7 +142,11 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
         teacher = build_teacher(config, run_dir, acc.device, progress=progress)
     teacher.to(acc.device)
     cache_args = {"run_dir": run_dir, "device": acc.device, "progress": progress}
-    pairs = teacher_cache(teacher, config, **cache_args) if config.regression.weight > 0 else None
+    pairs = None
+    if config.regression.weight > 0:
+        pairs = pairs_file if pairs_file is not None and pairs_file.teacher is teacher else \
+            teacher_cache(teacher, config, **cache_args)
+        pairs.check()  # (a pairs file of a teacher built in the run directory: checked now)
     # trainable networks start from the teacher's weights (and its feature taps)
     d = config.discriminator
     teacher.network.feature_taps = d.taps

@@ -1,4 +1,4 @@
-"""Command line: ``onestep distill | sample | export | eval | train-teacher | demo | objectives | keys``.
+"""Command line: ``onestep distill | sample | export | eval | train-teacher | demo | pairs | objectives | keys``.
 
 User errors print one line (``onestep: error: ...``) and exit 2; ``--debug`` shows the traceback.
 Warnings are one line too. What a command does lives in ``commands.py``; this module parses.
@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
 
+    p = sub.add_parser("pairs", help="make a teacher's (noise, sample) pairs file once, for data.pairs")
+    p.add_argument("--config", required=True, help="distillation config: its teacher, schedule, data.cache_size, "
+                                                   "data.cache_steps, data.cache_batch and train.seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--output", required=True, help="the pairs file to write (.safetensors; never overwritten)")
+    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32",
+                   help="storage: fp16 halves the file (the noise is rounded before the teacher solves from it)")
+    _add_common(p)
+
     sub.add_parser("objectives", help="list the registered objectives")
     sub.add_parser("keys", help="print every config key: what it accepts, its default, its meaning")
     return parser
@@ -129,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"distill": commands.cmd_distill, "sample": commands.cmd_sample, "export": commands.cmd_export,
             "eval": commands.cmd_eval,
-            "train-teacher": commands.cmd_train_teacher, "demo": commands.cmd_demo,
+            "train-teacher": commands.cmd_train_teacher, "demo": commands.cmd_demo, "pairs": commands.cmd_pairs,
             "objectives": commands.cmd_objectives, "keys": commands.cmd_keys}
 
 

@@ -230,6 +230,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_pairs(args) -> int:
+    import time
+
+    import torch
+
+    from ..build import build_teacher, load_config, make_pairs
+
+    cfg = load_config(args.config, list(args.overrides) + ["data.pairs=null"])
+    out = Path(args.output)
+    if out.exists():
+        raise OnestepError(f"--output {out} exists; choose another path (a pairs file is never overwritten)")
+    if not out.parent.is_dir():
+        raise OnestepError(f"--output {out}: its directory {out.parent} does not exist")
+    t0 = time.perf_counter()
+    teacher = build_teacher(cfg, progress=cfg.train.progress)
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    n = make_pairs(teacher, cfg, out, dtype, progress=cfg.train.progress)
+    print(f"{n} teacher pairs ({cfg.data.cache_steps} Heun steps, NFE {2 * cfg.data.cache_steps - 1}, {args.dtype}) "
+          f"-> {out} in {time.perf_counter() - t0:.0f}s; name it in data.pairs")
+    return 0
+
+
 def cmd_objectives(args) -> int:
     from ..objectives import table
 

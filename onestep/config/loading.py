@@ -132,7 +132,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 # Keys holding file paths; a relative one resolves against the config file's directory.
-PATH_KEYS = (("teacher", "path"), ("teacher", "prompts"))
+PATH_KEYS = (("teacher", "path"), ("teacher", "prompts"), ("data", "pairs"))
 
 
 def resolve_paths(data: dict, base: Path) -> dict:

@@ -142,7 +142,7 @@ class RegressionConfig:
     """DMD's regression term (Yin et al. 2023, arXiv 2311.18828, Eq. 7) for any objective:
     ``weight * 0.5 |G(z) - y(z)|^2`` per pair, where ``y(z)`` is the teacher's multi-step ODE
     sample from ``sigma_max z`` (pairs: the teacher-sample cache, ``data.cache_size`` of them
-    with ``data.cache_steps`` Heun steps, made once per run)."""
+    with ``data.cache_steps`` Heun steps, made once per run, or the file ``data.pairs``)."""
 
     weight: float = key(0.0, "weight of the regression term (0: off)", ge=0)
     batch_size: int = key(16, "pairs per generator step (global)", ge=1)
@@ -150,7 +150,8 @@ class RegressionConfig:
 
 @dataclass
 class DataConfig:
-    """Where the discriminator's "real" samples come from, and the data-free teacher-sample cache."""
+    """Where the discriminator's "real" samples come from, and the data-free teacher-sample cache
+    (also the regression term's pairs), made in the run or read from a ``pairs`` file."""
 
     dataset: str | None = key(None, "real samples: digits | digits16 | fashion-mnist | an image folder | an .npz "
                                     "(null: teacher samples, data-free)", nonempty=True)
@@ -160,6 +161,9 @@ class DataConfig:
                           ge=1)
     cache_steps: int = key(18, "Heun steps of the cache's teacher sampler (NFE = 2 n - 1)", ge=1)
     cache_batch: int = key(64, "batch of the cache's sampler", ge=1)
+    pairs: str | None = key(None, "a teacher pairs file made once by `onestep pairs` (relative: to the config "
+                                  "file), read instead of making the cache in the run (cache_size and "
+                                  "cache_steps then unused)", nonempty=True)
 
 
 @dataclass

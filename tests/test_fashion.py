@@ -196,6 +196,26 @@ def test_the_shipped_feature_network_meets_its_record():
     assert acc == pytest.approx(record["test_accuracy"], abs=1e-4) and acc >= 0.90
 
 
+def test_the_shipped_pairs_are_the_shipped_teachers():
+    """The benchmark's regression pairs (data.pairs in fashion.yaml) belong to the shipped teacher
+    and schedule, and a few of them re-solve to the stored sample from the stored noise."""
+    from onestep.build import build_teacher, load_config, teacher_cache
+    from onestep.resources import FASHION_CONFIG, FASHION_TEACHER
+    from onestep.sampling import teacher_samples
+
+    cfg = load_config(FASHION_CONFIG)
+    assert Path(cfg.data.pairs) == FASHION_TEACHER / "pairs.safetensors"
+    teacher = build_teacher(cfg, progress=False)
+    pairs = teacher_cache(teacher, cfg)
+    pairs.check()  # fingerprint and schedule
+    assert len(pairs.noise) == cfg.data.cache_size
+    z, x, _ = pairs.draw_pairs(3, torch.Generator().manual_seed(0))
+    idx = [int((pairs.noise == zi).flatten(1).all(1).nonzero()[0]) for zi in z]
+    labels = pairs._ready().labels[idx]
+    again = teacher_samples(teacher, z, labels, cfg.schedule, cfg.data.cache_steps, 3)
+    torch.testing.assert_close(again, x, atol=2e-3, rtol=0)  # the samples are stored in fp16
+
+
 def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_path, monkeypatch, capsys):
     """`onestep demo --preset fashion` end to end on a tiny teacher and the subset: the teacher is
     evaluated once (eval/teacher_eval.py), the benchmark reads that and scores the student at
@@ -224,10 +244,16 @@ def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_
     protocol = TeacherProtocol("fashion", "fashion-mnist", (1, 3), 16, 16, (0, 1))
     monkeypatch.setitem(demo.PRESETS, "fashion", dataclasses.replace(demo.PRESETS["fashion"], num_samples=16,
                                                                     seeds=(0, 1), teacher=protocol))
+    # a user's own teacher gets its own pairs file (the shipped one is refused for another teacher)
+    pairs = teacher / "pairs.safetensors"
+    assert main(["pairs", "--config", "onestep/resources/fashion.yaml", "--set", f"teacher.path={teacher}",
+                 "--set", "data.cache_size=8", "--set", "data.cache_steps=2", "--set", "train.progress=false",
+                 "--output", str(pairs), "--dtype", "fp16"]) == 0
     out = tmp_path / "bench"
     report = demo.run_demo(out, overrides=[f"teacher.path={teacher}", "train.steps=2", "train.batch_size=4",
                                            "train.checkpoint_every=2", "train.sample_every=0",
-                                           "data.cache_size=8", "regression.batch_size=4"], preset="fashion")
+                                           f"data.pairs={pairs}", "regression.batch_size=4"], preset="fashion")
+    assert not (out / "run" / "teacher_cache.safetensors").exists()  # the pairs were read, not made
     assert report["features"] == "fashion" and report["teacher_best"]["nfe"] == stored["best_nfe"]
     assert set(report["student"]["fd_by_seed"]) == {"0", "1"} == set(report["fd_ratio_by_seed"])
     assert report["teacher_best"]["fd_by_seed"] == stored["fd"]  # read, not re-sampled

@@ -91,7 +91,7 @@ class TeacherSampleCache:
     def _missing(self) -> None:
         if self.path is None or not self.path.is_file():
             raise OnestepError(f"data.pairs {self.path}: no such file; make it with `onestep pairs --config CONFIG "
-                               f"--output FILE` or unset data.pairs to make the pairs in the run")
+                               f"--output FILE`, or --set data.pairs=null to make them in the run")
 
     def _load_fixed(self) -> dict[str, torch.Tensor]:
         where = f"data.pairs {self.path}"
@@ -104,10 +104,11 @@ class TeacherSampleCache:
         here = fingerprint(self.teacher.network)
         if not abs(made_for - here) <= 1e-9 * max(abs(here), 1.0):
             raise OnestepError(f"{where} was made from another teacher (weights fingerprint {made_for:.10g}, this "
-                               f"teacher's {here:.10g}); make pairs for this teacher with `onestep pairs`")
+                               f"teacher's {here:.10g}); make pairs for this teacher with `onestep pairs`, or --set data.pairs=null "
+                               f"to make them in the run")
         if meta.get("schedule") != self.tag:
             raise OnestepError(f"{where} was made with another noise schedule than this config's; make pairs for "
-                               f"it with `onestep pairs` or unset data.pairs")
+                               f"it with `onestep pairs`, or --set data.pairs=null to make them in the run")
         if tuple(tensors["x"].shape[1:]) != tuple(self.teacher.sample_shape):
             raise OnestepError(f"{where} holds samples of shape {tuple(tensors['x'].shape[1:])}, the teacher makes "
                                f"{tuple(self.teacher.sample_shape)}")

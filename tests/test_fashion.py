@@ -259,10 +259,12 @@ def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_
     assert report["teacher_best"]["fd_by_seed"] == stored["fd"]  # read, not re-sampled
     assert report["fd_ratio_student_to_best_teacher"] == pytest.approx(report["student"]["fd"] / stored["fd"]["0"])
     assert report["nearest_training_distance"]["teacher_median"] == stored["nearest_training_distance"]["median"]
+    assert 0.0 <= report["nearest_training_distance"]["held_out_below_teacher_p5"] <= 1.0  # the test split's
     for name in ("report.md", "samples.png", "teacher.png", "fd_vs_nfe.png", "discriminator.png"):
         assert (out / name).is_file(), name
     assert (out / "pipeline" / "model_index.json").is_file()
     assert "| 1 |" in (out / "report.md").read_text()  # the per-seed table
+    assert "Real held-out images by the same measure" in (out / "report.md").read_text()
     # the same run scored as a row of the f grid (eval/benchmark_row.py --preset fashion --score-only)
     spec = importlib.util.spec_from_file_location("benchmark_row", "eval/benchmark_row.py")
     row_script = importlib.util.module_from_spec(spec)

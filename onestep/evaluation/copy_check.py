@@ -2,7 +2,10 @@
 
 Winning on FD by reproducing training digits is not a win. For the student's and the teacher's
 samples (same noise), the L2 distance in pixel space to the nearest training image is compared;
-a student that copies would sit systematically closer than its teacher does.
+a student that copies would sit systematically closer than its teacher does. Where the data set
+has a held-out split, the same measure on real held-out images says where data that was never
+trained on lies: nearer the training set than an under-fit teacher's samples, so a student that
+moves toward the data also moves toward the training images without copying them.
 """
 
 from __future__ import annotations
@@ -37,3 +40,13 @@ def copy_report(student: torch.Tensor, teacher: torch.Tensor | dict, train: torc
     s = distance_quantiles(ds)
     return {"student_median": s["median"], "student_p5": s["p5"], "teacher_median": t["median"],
             "teacher_p5": t["p5"], "student_below_teacher_p5": float((ds < t["p5"]).float().mean())}
+
+
+def with_held_out(report: dict, held_out: torch.Tensor, train: torch.Tensor, n: int, seed: int) -> dict:
+    """``report`` (``copy_report``'s) plus the same check on ``n`` real held-out images (N, ...),
+    drawn without replacement with ``seed``: their median distance to the nearest training image
+    and their share closer than the teacher's 5th percentile."""
+    idx = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))[:n]
+    distances = nearest_distances(held_out[idx], train)
+    return {**report, "held_out_median": distance_quantiles(distances)["median"],
+            "held_out_below_teacher_p5": float((distances < report["teacher_p5"]).float().mean())}

@@ -51,6 +51,10 @@ def test_a_pairs_file_of_another_teacher_or_schedule_is_refused(tmp_path, small_
         next(other.network.parameters()).add_(1e-3)
     with pytest.raises(OnestepError, match="another teacher"):
         teacher_cache(other, _reader(path), None, "cpu", progress=False).draw(1, torch.Generator())
+    guided = copy.deepcopy(small_teacher)
+    guided.guidance_scale = 2.0  # the same weights, another map
+    with pytest.raises(OnestepError, match="another guidance scale or prompts"):
+        teacher_cache(guided, _reader(path), None, "cpu", progress=False).draw(1, torch.Generator())
     with pytest.raises(OnestepError, match="another noise schedule"):
         teacher_cache(small_teacher, _reader(path, **{"schedule.sigma_max": 40.0}), None, "cpu",
                       progress=False).draw(1, torch.Generator())

@@ -244,9 +244,10 @@ def cmd_pairs(args) -> int:
     if not out.parent.is_dir():
         raise OnestepError(f"--output {out}: its directory {out.parent} does not exist")
     t0 = time.perf_counter()
-    teacher = build_teacher(cfg, progress=cfg.train.progress)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the teacher's sampling, where it is fastest
+    teacher = build_teacher(cfg, device=device, progress=cfg.train.progress).to(device)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    n = make_pairs(teacher, cfg, out, dtype, progress=cfg.train.progress)
+    n = make_pairs(teacher, cfg, out, dtype, device=device, progress=cfg.train.progress)
     print(f"{n} teacher pairs ({cfg.data.cache_steps} Heun steps, NFE {2 * cfg.data.cache_steps - 1}, {args.dtype}) "
           f"-> {out} in {time.perf_counter() - t0:.0f}s; name it in data.pairs")
     return 0

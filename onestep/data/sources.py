@@ -11,6 +11,8 @@ run's own cache: it is read, checked against the teacher, and never rewritten.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -78,7 +80,12 @@ class TeacherSampleCache:
     def pair_metadata(self) -> dict[str, str]:
         """What a pairs file records of its making, checked when a run reads it (``fixed``)."""
         return {"teacher_fingerprint": repr(fingerprint(self.teacher.network)), "steps": str(self.steps),
-                "schedule": self.tag, "seed": str(self.seed)}
+                "schedule": self.tag, "conditioning": self._conditioning(), "seed": str(self.seed)}
+
+    def _conditioning(self) -> str:
+        """What shapes the teacher's map besides its network's weights: its guidance scale and prompts."""
+        parts = [float(getattr(self.teacher, "guidance_scale", 1.0)), list(getattr(self.teacher, "prompts", None) or [])]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def check(self) -> None:
         """Load a pairs file now (``fixed``), raising its one-line error before a run writes anything;
@@ -109,6 +116,9 @@ class TeacherSampleCache:
         if meta.get("schedule") != self.tag:
             raise OnestepError(f"{where} was made with another noise schedule than this config's; make pairs for "
                                f"it with `onestep pairs`, or --set data.pairs=null to make them in the run")
+        if meta.get("conditioning", self._conditioning()) != self._conditioning():
+            raise OnestepError(f"{where} was made with another guidance scale or prompts than this teacher's; make "
+                               f"pairs for it with `onestep pairs`, or --set data.pairs=null to make them in the run")
         if tuple(tensors["x"].shape[1:]) != tuple(self.teacher.sample_shape):
             raise OnestepError(f"{where} holds samples of shape {tuple(tensors['x'].shape[1:])}, the teacher makes "
                                f"{tuple(self.teacher.sample_shape)}")

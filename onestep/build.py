@@ -142,11 +142,12 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
         teacher = build_teacher(config, run_dir, acc.device, progress=progress)
     teacher.to(acc.device)
     cache_args = {"run_dir": run_dir, "device": acc.device, "progress": progress}
+    if pairs_file is not None and pairs_file.teacher is not teacher:  # a teacher built in the run directory
+        pairs_file = teacher_cache(teacher, config)
+        pairs_file.check()
     pairs = None
     if config.regression.weight > 0:
-        pairs = pairs_file if pairs_file is not None and pairs_file.teacher is teacher else \
-            teacher_cache(teacher, config, **cache_args)
-        pairs.check()  # (a pairs file of a teacher built in the run directory: checked now)
+        pairs = pairs_file if pairs_file is not None else teacher_cache(teacher, config, **cache_args)
     # trainable networks start from the teacher's weights (and its feature taps)
     d = config.discriminator
     teacher.network.feature_taps = d.taps
@@ -154,7 +155,7 @@ def build_trainer(config: Config, run_dir, teacher=None) -> Trainer:
     discriminator, real, holdout = None, None, None
     if plan.needs_discriminator:
         discriminator = Discriminator(feature_shapes(teacher, acc.device), head=d.head, hidden=d.hidden)
-        source = dataset or real_source(teacher, config, pairs, **cache_args)
+        source = dataset or real_source(teacher, config, pairs if pairs is not None else pairs_file, **cache_args)
         if dataset_test is not None:  # the discriminator trains on all of train, is checked on test
             real, holdout = dataset, dataset_test
         else:

@@ -11,8 +11,6 @@ run's own cache: it is read, checked against the teacher, and never rewritten.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from ..core.schedule import ScheduleConfig
 from ..errors import OnestepError
 from ..sampling import teacher_samples
 from ..teachers.gmm import ExactSamples
+from ..teachers.kinds import digest
 
 
 class TensorSource:
@@ -84,8 +83,7 @@ class TeacherSampleCache:
 
     def _conditioning(self) -> str:
         """What shapes the teacher's map besides its network's weights: its guidance scale and prompts."""
-        parts = [float(getattr(self.teacher, "guidance_scale", 1.0)), list(getattr(self.teacher, "prompts", None) or [])]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return digest(float(getattr(self.teacher, "guidance_scale", 1.0)), list(getattr(self.teacher, "prompts", None) or []))
 
     def check(self) -> None:
         """Load a pairs file now (``fixed``), raising its one-line error before a run writes anything;

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from onestep import (
     PRESETS,
     FDScorer,
@@ -49,6 +51,7 @@ from onestep import (
     read_stats,
     student_samples,
     teacher_samples_at,
+    with_held_out,
 )
 
 DIGITS_TEACHER_NFE = 31  # the digits teacher's best Heun setting (docs/results.md, make demo)
@@ -130,6 +133,8 @@ def main(argv=None) -> int:
                 teacher = build_teacher(cfg, progress=False)
                 x_teacher, _ = teacher_samples_at(teacher, cfg.schedule, DIGITS_TEACHER_NFE, n, seed)
                 row["copy_check"] = copy_report(x, x_teacher, train)
+            if reference.shape != train.shape or not torch.equal(reference, train):  # a held-out split
+                row["copy_check"] = with_held_out(row["copy_check"], reference, train, n, seed, student=x)
     row.update(discriminator_summary([r for r in read_stats(out / "stats.jsonl") if r.get("step", 0) <= step]))
     if args.divergence_check:
         try:

@@ -55,6 +55,8 @@ _API = {
     "student_samples": ("onestep.evaluation.nfe", "student_samples"),
     "teacher_samples_at": ("onestep.evaluation.nfe", "teacher_samples_at"),
     "copy_report": ("onestep.evaluation.copy_check", "copy_report"),
+    "with_held_out": ("onestep.evaluation.copy_check", "with_held_out"),
+    "data_copying": ("onestep.evaluation.copy_check", "data_copying"),
     "discriminator_summary": ("onestep.evaluation.discriminator", "discriminator_summary"),
     "uni_instruct_pushes": ("onestep.objectives.uni_instruct", "pushes"),
     "objective_gradient_scale": ("onestep.objectives.registry", "gradient_scale"),

@@ -150,7 +150,7 @@ def run_demo(output="runs/demo", config=None, overrides=(), num_samples: int | N
         x_teacher, _ = teacher_samples_at(teacher, schedule, best["nfe"], n, seed)
         copies = copy_report(x_student, x_teacher, train)
     if reference.shape != train.shape or not torch.equal(reference, train):  # a held-out split (fashion's test)
-        copies = with_held_out(copies, reference, train, n, seed)
+        copies = with_held_out(copies, reference, train, n, seed, student=x_student)
 
     # 4. export (replacing the demo's own earlier export)
     export_run(run, new_output_dir(out / "pipeline", "the demo's pipeline", overwrite=True), ema=use_ema)
@@ -245,8 +245,16 @@ def _markdown(r: dict) -> str:
         + (f" Real held-out images by the same measure: median {c['held_out_median']:.3f}, "
            f"{100 * c['held_out_below_teacher_p5']:.1f}% below the teacher's 5th percentile."
            if "held_out_median" in c else ""),
-        "",
     ]
+    if "data_copying" in c:
+        dc = c["data_copying"]
+        verdict = ("closer to the training images than real images it never saw (data-copying)" if dc["c_t"] < 0
+                   else "no closer to the training images than real images it never saw (no data-copying)")
+        lines += ["", f"Data-copying test (Meehan et al. 2020: nearest-training-image distances of the student's "
+                  f"samples against held-out real images', Mann-Whitney Z per k-means cell of the training set, "
+                  f"{dc['cells_used']} of {dc['cells']} cells): C_T = **{dc['c_t']:+.1f}** (global Z_U "
+                  f"{dc['z_u']:+.1f}): the student's samples lie {verdict}."]
+    lines += [""]
     d = r.get("discriminator")
     if d and d.get("disc_acc_bins"):
         edges = d["sigma_bins"]

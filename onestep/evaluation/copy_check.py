@@ -42,11 +42,89 @@ def copy_report(student: torch.Tensor, teacher: torch.Tensor | dict, train: torc
             "teacher_p5": t["p5"], "student_below_teacher_p5": float((ds < t["p5"]).float().mean())}
 
 
-def with_held_out(report: dict, held_out: torch.Tensor, train: torch.Tensor, n: int, seed: int) -> dict:
+def with_held_out(report: dict, held_out: torch.Tensor, train: torch.Tensor, n: int, seed: int,
+                  student: torch.Tensor | None = None, cells: int = 20) -> dict:
     """``report`` (``copy_report``'s) plus the same check on ``n`` real held-out images (N, ...),
     drawn without replacement with ``seed``: their median distance to the nearest training image
-    and their share closer than the teacher's 5th percentile."""
+    and their share closer than the teacher's 5th percentile. With the ``student``'s samples
+    (M, ...), also Meehan et al.'s data-copying test of them against those held-out images
+    (``data_copying`` with ``cells``, key ``data_copying``)."""
     idx = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))[:n]
     distances = nearest_distances(held_out[idx], train)
-    return {**report, "held_out_median": distance_quantiles(distances)["median"],
-            "held_out_below_teacher_p5": float((distances < report["teacher_p5"]).float().mean())}
+    out = {**report, "held_out_median": distance_quantiles(distances)["median"],
+           "held_out_below_teacher_p5": float((distances < report["teacher_p5"]).float().mean())}
+    if student is not None:
+        out["data_copying"] = data_copying(student, held_out[idx], train, cells, seed=seed)
+    return out
+
+
+# ---------------------------------------------------------------- the data-copying test
+# Meehan, Chaudhuri & Dasgupta, "A Non-Parametric Test to Detect Data-Copying in Generative
+# Models", AISTATS 2020, Sec. 3-4. Three samples: the training set T, held-out real data P_n and
+# generated samples Q_m. In each cell of a partition of the data space (k-means on T), the
+# distances of P_n's and Q_m's points to their nearest training point of the same cell are
+# compared by a Mann-Whitney U test, Z-scored under the null that both come from one law:
+# Z_U << 0 where generated samples lie closer to the training set than real unseen data does
+# (data-copying), Z_U >> 0 where they lie farther (under-fitting). C_T averages the cells' Z_U,
+# weighted by P_n's share of each cell, over the cells holding more than a share tau of Q_m.
+# Unlike a fixed distance threshold, it does not count moving toward the data as copying.
+
+
+def mann_whitney_z(generated: torch.Tensor, held_out: torch.Tensor) -> float:
+    """Z-scored Mann-Whitney U of distances ``generated`` (M,) against ``held_out`` (N,):
+    U counts the pairs where the generated distance is the larger (ties count a half); the null
+    mean M N / 2 (less 0.5, the continuity correction of the paper's code) and standard deviation
+    sqrt(M N (M + N + 1) / 12). Negative: generated samples lie closer to the training set."""
+    m, n = len(generated), len(held_out)
+    joint = torch.cat([generated, held_out]).double()
+    _, inverse, counts = joint.unique(sorted=True, return_inverse=True, return_counts=True)
+    below = torch.cumsum(counts, 0) - counts  # values strictly smaller; ties share their mean rank
+    ranks = below[inverse].double() + (counts[inverse].double() + 1) / 2
+    u = float(ranks[:m].sum()) - m * (m + 1) / 2
+    return (u - (m * n / 2 - 0.5)) / (m * n * (m + n + 1) / 12) ** 0.5
+
+
+def kmeans_cells(train: torch.Tensor, k: int, seed: int = 0, iterations: int = 20) -> torch.Tensor:
+    """Centroids (k, D) of Lloyd's k-means on the flattened training set (L, ...), initialised on
+    k training points drawn with ``seed``; an emptied cell keeps its last centroid."""
+    flat = train.flatten(1).double()
+    centroids = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:k]].clone()
+    for _ in range(iterations):
+        cell = _nearest_index(flat, centroids)
+        for c in range(k):
+            members = flat[cell == c]
+            if len(members):
+                centroids[c] = members.mean(0)
+    return centroids
+
+
+def _nearest_index(flat: torch.Tensor, centroids: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    return torch.cat([torch.cdist(flat[i:i + batch_size], centroids).argmin(1)
+                      for i in range(0, len(flat), batch_size)])
+
+
+def data_copying(generated: torch.Tensor, held_out: torch.Tensor, train: torch.Tensor, cells: int = 20,
+                 tau: float | None = None, seed: int = 0) -> dict:
+    """Meehan et al.'s test of generated samples (M, ...) against held-out real data (N, ...), both
+    measured to the training set (L, ...): ``c_t`` (the cell-weighted statistic), ``z_u`` (the same
+    test on the whole space), ``cells`` (k of the k-means partition of the training set),
+    ``cells_used`` (those holding more than ``tau`` of the generated samples; default 20 / M) and
+    ``per_cell`` (each used cell's Z_U). Every cell must hold held-out and training points."""
+    flat_train = train.flatten(1).double()
+    centroids = kmeans_cells(train, cells, seed)
+    cell_t = _nearest_index(flat_train, centroids)
+    cell_p = _nearest_index(held_out.flatten(1).double(), centroids)
+    cell_q = _nearest_index(generated.flatten(1).double(), centroids)
+    tau = 20 / len(generated) if tau is None else tau
+    weights, scores = [], []
+    for c in range(cells):
+        t, p, q = flat_train[cell_t == c], held_out[cell_p == c], generated[cell_q == c]
+        if len(t) == 0 or len(p) == 0:
+            raise ValueError(f"data-copying test: cell {c} of {cells} holds no training or held-out point; use fewer cells")
+        if len(q) / len(generated) <= tau:
+            continue
+        scores.append(mann_whitney_z(nearest_distances(q, t), nearest_distances(p, t)))
+        weights.append(len(p) / len(held_out))
+    z_u = mann_whitney_z(nearest_distances(generated, train), nearest_distances(held_out, train))
+    c_t = sum(w * z for w, z in zip(weights, scores)) / sum(weights) if weights else float("nan")
+    return {"c_t": c_t, "z_u": z_u, "cells": cells, "cells_used": len(scores), "per_cell": scores}

@@ -246,7 +246,7 @@ def _markdown(r: dict) -> str:
            f"{100 * c['held_out_below_teacher_p5']:.1f}% below the teacher's 5th percentile."
            if "held_out_median" in c else ""),
     ]
-    if "data_copying" in c:
+    if c.get("data_copying", {}).get("cells_used"):
         dc = c["data_copying"]
         verdict = ("closer to the training images than real images it never saw (data-copying)" if dc["c_t"] < 0
                    else "no closer to the training images than real images it never saw (no data-copying)")

@@ -265,6 +265,10 @@ def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_
     assert (out / "pipeline" / "model_index.json").is_file()
     assert "| 1 |" in (out / "report.md").read_text()  # the per-seed table
     assert "Real held-out images by the same measure" in (out / "report.md").read_text()
+    copying = report["nearest_training_distance"]["data_copying"]  # Meehan et al.'s test, student vs test split
+    assert copying["cells"] == 20 and copying["cells_used"] == len(copying["per_cell"])
+    sentence = f"C_T = **{copying['c_t']:+.1f}**" in (out / "report.md").read_text()
+    assert sentence == (copying["cells_used"] > 0)
     # the same run scored as a row of the f grid (eval/benchmark_row.py --preset fashion --score-only)
     spec = importlib.util.spec_from_file_location("benchmark_row", "eval/benchmark_row.py")
     row_script = importlib.util.module_from_spec(spec)

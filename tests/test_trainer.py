@@ -153,3 +153,23 @@ def test_mean_head_is_refused_on_frozen_teacher_features():
     with pytest.raises(OnestepError, match="discriminator.head"):
         small_config(**{"objective.name": "dmd", "gan.weight": 0.01, "discriminator.features": "teacher",
                         "discriminator.head": "mean"})
+
+
+def test_cosine_decay_lowers_the_generator_rate_to_a_tenth_and_leaves_the_fake_scores(tmp_path, small_teacher):
+    """train.lr_decay=cosine (the fashion recipe's): lr(step) = lr (0.1 + 0.45 (1 + cos(pi step / steps)))."""
+    import math
+
+    cfg = small_config(**{"objective.name": "sid", "train.lr_decay": "cosine", "train.steps": 20,
+                          "train.lr_generator": 2e-4, "train.lr_fake": 3e-4})
+    tr = build_trainer(cfg, tmp_path, teacher=small_teacher)
+    tr.fit()
+    rows = [json.loads(x) for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["lr_generator"] for r in rows}
+    assert len(logged) >= 3
+    rate = [2e-4 * (0.1 + 0.45 * (1 + math.cos(math.pi * s / 20))) for s in range(20)]
+    every = cfg.train.log_every
+    for step, lr in logged.items():  # a log line holds the mean over its window of steps
+        assert lr == pytest.approx(sum(rate[step - every:step]) / every, rel=1e-6)
+    assert logged[20] < 0.2 * 2e-4 < 0.9 * 2e-4 < logged[5]  # (the last window's mean: 0.16 of the rate)
+    assert all(g["lr"] == pytest.approx(rate[19]) for g in tr.opt_generator.param_groups)
+    assert all(g["lr"] == pytest.approx(3e-4) for g in tr.opt_fake.param_groups)  # the fake score's stays

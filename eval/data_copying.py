@@ -14,6 +14,7 @@ other test images (a reference that neither copies nor under-fits: C_T near 0).
 
     python eval/data_copying.py --run runs/fashion/run                 # the benchmark's run
     python eval/data_copying.py --run runs/fashion/run --step 1000 --num-samples 2000
+    python eval/data_copying.py --run RUN --pairs my-teacher/pairs.safetensors   # another teacher's run
 """
 
 from __future__ import annotations
@@ -24,18 +25,19 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from onestep import (
     PRESETS,
     OnestepError,
     data_copying,
+    distance_quantiles,
     load_config,
     load_generator,
     load_named,
+    nearest_distances,
     student_samples,
 )
-from onestep.core.io import load_safetensors
-from onestep.evaluation.copy_check import distance_quantiles, nearest_distances
 
 
 def row(name: str, x: torch.Tensor, held_out: torch.Tensor, train: torch.Tensor, teacher_p5: float, cells: int) -> dict:
@@ -52,14 +54,17 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", choices=["fashion"], default="fashion")
     ap.add_argument("--run", required=True, help="a distillation run directory (its EMA generator is scored)")
     ap.add_argument("--step", type=int, default=None, help="a kept checkpoint (default: the last)")
+    ap.add_argument("--pairs", default=None, help="the teacher's pairs file (default: the preset config's data.pairs)")
     ap.add_argument("--num-samples", type=int, default=2000, help="per set (at most the pairs file's count)")
     ap.add_argument("--cells", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset]
     try:
-        cfg = load_config(preset.config, [])
-        pairs, _ = load_safetensors(Path(cfg.data.pairs))
+        path = Path(args.pairs or load_config(preset.config, []).data.pairs)
+        if not path.is_file():
+            raise OnestepError(f"no pairs file at {path}; name one with --pairs (made by `onestep pairs`)")
+        pairs = load_file(path)
         generator, _, step = load_generator(args.run, ema=True, step=args.step)
         test, train = load_named(preset.dataset, "test")[0], load_named(preset.dataset, "train")[0]
     except OnestepError as exc:

@@ -57,6 +57,8 @@ _API = {
     "copy_report": ("onestep.evaluation.copy_check", "copy_report"),
     "with_held_out": ("onestep.evaluation.copy_check", "with_held_out"),
     "data_copying": ("onestep.evaluation.copy_check", "data_copying"),
+    "nearest_distances": ("onestep.evaluation.copy_check", "nearest_distances"),
+    "distance_quantiles": ("onestep.evaluation.copy_check", "distance_quantiles"),
     "discriminator_summary": ("onestep.evaluation.discriminator", "discriminator_summary"),
     "uni_instruct_pushes": ("onestep.objectives.uni_instruct", "pushes"),
     "objective_gradient_scale": ("onestep.objectives.registry", "gradient_scale"),

@@ -1,7 +1,7 @@
 """Every eval/ script runs at a tiny budget and prints its figure, so none breaks silently.
 
 ``gpu_check.sh`` needs a GPU; ``fid.py`` runs in test_watch_and_eval.py (with the stand-in
-Inception weights) and test_hostile.py; ``teacher_eval.py`` in test_fashion.py (on a tiny
+Inception weights) and test_hostile.py; ``teacher_eval.py`` and ``data_copying.py`` in test_fashion.py (on a tiny
 Fashion-MNIST teacher); ``train_fashion_features.py`` below, in-process on a subset; ``term_gradients.py`` and
 ``checkpoint_mean.py`` below, on runs they train. A new script fails ``test_every_script_has_a_smoke_run``
 until it gets a case here.
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT / "eval"
-ELSEWHERE = {"fid.py", "teacher_eval.py"}
+ELSEWHERE = {"fid.py", "teacher_eval.py", "data_copying.py"}
 
 # script -> (arguments, text its output must contain); {tmp} is the test's directory
 CASES = {

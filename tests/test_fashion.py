@@ -279,6 +279,19 @@ def test_the_fashion_benchmark_reads_its_teachers_stored_evaluation(subset, tmp_
     row = json.loads((out / "run" / "benchmark.json").read_text())
     assert row["fd_seed0"] == pytest.approx(report["student"]["fd_by_seed"]["0"])
     assert row["teacher_best"]["fd"] == stored["fd"] and row["features"] == "fashion"
+    # Meehan et al.'s test side by side (eval/data_copying.py): teacher pairs, student, other test images
+    spec = importlib.util.spec_from_file_location("data_copying", "eval/data_copying.py")
+    copying_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copying_script)
+    capsys.readouterr()
+    assert copying_script.main(["--run", str(out / "run"), "--pairs", str(pairs), "--num-samples", "8",
+                                "--cells", "2"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["samples"].split()[0] for r in rows] == ["teacher", "student", "real"]
+    assert rows[0]["below_teacher_p5"] <= 0.125  # the teacher's own share: at most one of its 8 samples
+    assert all(r["cells"] == 2 and 0 <= r["cells_used"] <= 2 for r in rows)
+    assert copying_script.main(["--run", str(out / "run"), "--pairs", str(pairs), "--num-samples", "9"]) == 2
+    assert "--num-samples must be 1-8" in capsys.readouterr().err
 
 
 def test_an_interrupted_teacher_evaluation_resumes_where_it_stopped(subset, tmp_path, monkeypatch):

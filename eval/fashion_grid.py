@@ -15,6 +15,8 @@ larger; docs/objectives.md, "Added terms"; a ``--set`` of either weight or of ``
 is read at the recipe objective's scale and converted alike).
 
     python eval/fashion_grid.py --output runs/fashion-grid --set train.steps=400   # the grid
+    python eval/fashion_grid.py --output runs/fashion-grid --set train.steps=400 train.lr_decay=none
+        # the grid as recorded in docs/results.md (before the recipe's rate decayed)
     python eval/fashion_grid.py --output runs/fashion-grid --dry-run               # the commands only
 """
 

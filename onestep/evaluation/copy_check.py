@@ -5,7 +5,9 @@ samples (same noise), the L2 distance in pixel space to the nearest training ima
 a student that copies would sit systematically closer than its teacher does. Where the data set
 has a held-out split, the same measure on real held-out images says where data that was never
 trained on lies: nearer the training set than an under-fit teacher's samples, so a student that
-moves toward the data also moves toward the training images without copying them.
+moves toward the data also moves toward the training images without copying them. The
+data-copying test (``data_copying``, Meehan et al. 2020) tells the two apart: it compares the
+student's distances with those of held-out real images, per region of the data space.
 """
 
 from __future__ import annotations

@@ -32,8 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from onestep import (
     PRESETS,
     FDScorer,
@@ -43,6 +41,7 @@ from onestep import (
     build_trainer,
     copy_report,
     discriminator_summary,
+    has_held_out,
     latest_checkpoint,
     load_config,
     load_generator,
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
                 teacher = build_teacher(cfg, progress=False)
                 x_teacher, _ = teacher_samples_at(teacher, cfg.schedule, DIGITS_TEACHER_NFE, n, seed)
                 row["copy_check"] = copy_report(x, x_teacher, train)
-            if reference.shape != train.shape or not torch.equal(reference, train):  # a held-out split
+            if has_held_out(reference, train):
                 row["copy_check"] = with_held_out(row["copy_check"], reference, train, n, seed, student=x)
     row.update(discriminator_summary([r for r in read_stats(out / "stats.jsonl") if r.get("step", 0) <= step]))
     if args.divergence_check:

@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 
 from onestep import (
     PRESETS,
+    DataCopyingTest,
     OnestepError,
-    data_copying,
     distance_quantiles,
     load_config,
     load_generator,
@@ -40,13 +40,13 @@ from onestep import (
 )
 
 
-def row(name: str, x: torch.Tensor, held_out: torch.Tensor, train: torch.Tensor, teacher_p5: float, cells: int) -> dict:
-    d = nearest_distances(x, train)
-    test = data_copying(x, held_out, train, cells)
-    return {"samples": name, "median": distance_quantiles(d)["median"],
-            "below_teacher_p5": float((d < teacher_p5).float().mean()), "c_t": test["c_t"], "z_u": test["z_u"],
-            "min_cell_z": min(test["per_cell"]) if test["per_cell"] else float("nan"),
-            "cells_used": test["cells_used"], "cells": cells}
+def row(name: str, x: torch.Tensor, distances: torch.Tensor, test: DataCopyingTest, teacher_p5: float) -> dict:
+    """One set's line: ``distances`` are its samples' ``nearest_distances`` to the training set."""
+    result = test(x, distances=distances)
+    return {"samples": name, "median": distance_quantiles(distances)["median"],
+            "below_teacher_p5": float((distances < teacher_p5).float().mean()), "c_t": result["c_t"],
+            "z_u": result["z_u"], "min_cell_z": min(result["per_cell"]) if result["per_cell"] else float("nan"),
+            "cells_used": result["cells_used"], "cells": result["cells"]}
 
 
 def main(argv=None) -> int:
@@ -76,12 +76,14 @@ def main(argv=None) -> int:
         return 2
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
     held_out, other = test[order[:n]], test[order[n:2 * n]]
-    teacher = pairs["x"][:n].float()
-    teacher_p5 = distance_quantiles(nearest_distances(teacher, train))["p5"]
     student, _ = student_samples(generator, n, args.seed, generator.network.num_classes)
-    rows = [row("teacher (shipped pairs, Heun NFE 31)", teacher, held_out, train, teacher_p5, args.cells),
-            row(f"student ({args.run}, step {step}, EMA)", student, held_out, train, teacher_p5, args.cells),
-            row("real test images (not the held-out ones)", other, held_out, train, teacher_p5, args.cells)]
+    sets = {"teacher (shipped pairs, Heun NFE 31)": pairs["x"][:n].float(),
+            f"student ({args.run}, step {step}, EMA)": student,
+            "real test images (not the held-out ones)": other}
+    distances = {name: nearest_distances(x, train) for name, x in sets.items()}
+    teacher_p5 = distance_quantiles(next(iter(distances.values())))["p5"]
+    test = DataCopyingTest(held_out, train, args.cells)  # the partition and the held-out side, once
+    rows = [row(name, x, distances[name], test, teacher_p5) for name, x in sets.items()]
     print(f"{n} samples each against {n} held-out test images and the {len(train)} training images; "
           f"{args.cells} k-means cells")
     print("| samples | median distance | below teacher p5 | C_T | global Z_U | lowest cell Z_U |")

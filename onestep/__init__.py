@@ -57,6 +57,8 @@ _API = {
     "copy_report": ("onestep.evaluation.copy_check", "copy_report"),
     "with_held_out": ("onestep.evaluation.copy_check", "with_held_out"),
     "data_copying": ("onestep.evaluation.copy_check", "data_copying"),
+    "DataCopyingTest": ("onestep.evaluation.copy_check", "DataCopyingTest"),
+    "has_held_out": ("onestep.evaluation.copy_check", "has_held_out"),
     "nearest_distances": ("onestep.evaluation.copy_check", "nearest_distances"),
     "distance_quantiles": ("onestep.evaluation.copy_check", "distance_quantiles"),
     "discriminator_summary": ("onestep.evaluation.discriminator", "discriminator_summary"),

@@ -31,7 +31,7 @@ from .core.rundir import is_temporary, latest_valid_checkpoint
 from .core.samplers import per_index_noise
 from .data.datasets import load_named
 from .errors import OnestepError
-from .evaluation.copy_check import copy_report, with_held_out
+from .evaluation.copy_check import copy_report, has_held_out, with_held_out
 from .evaluation.discriminator import discriminator_summary
 from .evaluation.fd import FDScorer
 from .evaluation.nfe import nfe_sweep, student_samples, teacher_samples_at
@@ -149,7 +149,7 @@ def run_demo(output="runs/demo", config=None, overrides=(), num_samples: int | N
     else:
         x_teacher, _ = teacher_samples_at(teacher, schedule, best["nfe"], n, seed)
         copies = copy_report(x_student, x_teacher, train)
-    if reference.shape != train.shape or not torch.equal(reference, train):  # a held-out split (fashion's test)
+    if has_held_out(reference, train):  # fashion's test split
         copies = with_held_out(copies, reference, train, n, seed, student=x_student)
 
     # 4. export (replacing the demo's own earlier export)

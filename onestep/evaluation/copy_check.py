@@ -44,19 +44,26 @@ def copy_report(student: torch.Tensor, teacher: torch.Tensor | dict, train: torc
             "teacher_p5": t["p5"], "student_below_teacher_p5": float((ds < t["p5"]).float().mean())}
 
 
+def has_held_out(reference: torch.Tensor, train: torch.Tensor) -> bool:
+    """Whether the evaluation set is a split of its own (Fashion-MNIST's test images), not the
+    training set itself (the digits)."""
+    return reference.shape != train.shape or not torch.equal(reference, train)
+
+
 def with_held_out(report: dict, held_out: torch.Tensor, train: torch.Tensor, n: int, seed: int,
                   student: torch.Tensor | None = None, cells: int = 20) -> dict:
     """``report`` (``copy_report``'s) plus the same check on ``n`` real held-out images (N, ...),
     drawn without replacement with ``seed``: their median distance to the nearest training image
     and their share closer than the teacher's 5th percentile. With the ``student``'s samples
     (M, ...), also Meehan et al.'s data-copying test of them against those held-out images
-    (``data_copying`` with ``cells``, key ``data_copying``)."""
+    (``DataCopyingTest`` with ``cells``, key ``data_copying``)."""
     idx = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))[:n]
-    distances = nearest_distances(held_out[idx], train)
+    test = DataCopyingTest(held_out[idx], train, cells, seed) if student is not None else None
+    distances = test.held_out_distances if test is not None else nearest_distances(held_out[idx], train)
     out = {**report, "held_out_median": distance_quantiles(distances)["median"],
            "held_out_below_teacher_p5": float((distances < report["teacher_p5"]).float().mean())}
-    if student is not None:
-        out["data_copying"] = data_copying(student, held_out[idx], train, cells, seed=seed)
+    if test is not None:
+        out["data_copying"] = test(student)
     return out
 
 
@@ -93,10 +100,10 @@ def kmeans_cells(train: torch.Tensor, k: int, seed: int = 0, iterations: int = 2
     centroids = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:k]].clone()
     for _ in range(iterations):
         cell = _nearest_index(flat, centroids)
-        for c in range(k):
-            members = flat[cell == c]
-            if len(members):
-                centroids[c] = members.mean(0)
+        counts = torch.bincount(cell, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, cell, flat)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
     return centroids
 
 
@@ -105,27 +112,51 @@ def _nearest_index(flat: torch.Tensor, centroids: torch.Tensor, batch_size: int 
                       for i in range(0, len(flat), batch_size)])
 
 
+class DataCopyingTest:
+    """Meehan et al.'s test against one held-out sample (N, ...) and training set (L, ...): the
+    k-means partition of the training set and the held-out side (nearest-training distances, in
+    the whole space and within each cell, and each cell's held-out share) are computed once;
+    calling it on generated samples (M, ...) scores them. Cells without training or held-out
+    points are left out (small data sets; a cell without held-out points has weight 0 in C_T)."""
+
+    def __init__(self, held_out: torch.Tensor, train: torch.Tensor, cells: int = 20, seed: int = 0):
+        self.cells = cells
+        self.flat_train = train.flatten(1).double()
+        self.centroids = kmeans_cells(self.flat_train, cells, seed)
+        self.cell_t = _nearest_index(self.flat_train, self.centroids)
+        cell_p = _nearest_index(held_out.flatten(1).double(), self.centroids)
+        self.held_out_distances = nearest_distances(held_out, self.flat_train)
+        self.reference = {}  # cell -> (held-out distances within it, its held-out share)
+        for c in range(cells):
+            t, p = self.flat_train[self.cell_t == c], held_out[cell_p == c]
+            if len(t) and len(p):
+                self.reference[c] = (nearest_distances(p, t), len(p) / len(held_out))
+
+    def __call__(self, generated: torch.Tensor, tau: float | None = None, distances: torch.Tensor | None = None) -> dict:
+        """``c_t`` (the cell-weighted statistic), ``z_u`` (the same test on the whole space),
+        ``cells`` (k), ``cells_used`` (those holding more than ``tau`` of the generated samples;
+        default 20 / M) and ``per_cell`` (each used cell's Z_U); ``c_t`` is NaN where no cell is left.
+        ``distances``: the generated samples' ``nearest_distances`` to the training set, where the
+        caller has them already."""
+        cell_q = _nearest_index(generated.flatten(1).double(), self.centroids)
+        tau = 20 / len(generated) if tau is None else tau
+        weights, scores = [], []
+        for c, (held_out_in_cell, weight) in self.reference.items():
+            q = generated[cell_q == c]
+            if len(q) / len(generated) <= tau:
+                continue
+            scores.append(mann_whitney_z(nearest_distances(q, self.flat_train[self.cell_t == c]), held_out_in_cell))
+            weights.append(weight)
+        if distances is None:
+            distances = nearest_distances(generated, self.flat_train)
+        z_u = mann_whitney_z(distances, self.held_out_distances)
+        c_t = sum(w * z for w, z in zip(weights, scores)) / sum(weights) if weights else float("nan")
+        return {"c_t": c_t, "z_u": z_u, "cells": self.cells, "cells_used": len(scores), "per_cell": scores}
+
+
 def data_copying(generated: torch.Tensor, held_out: torch.Tensor, train: torch.Tensor, cells: int = 20,
                  tau: float | None = None, seed: int = 0) -> dict:
     """Meehan et al.'s test of generated samples (M, ...) against held-out real data (N, ...), both
-    measured to the training set (L, ...): ``c_t`` (the cell-weighted statistic), ``z_u`` (the same
-    test on the whole space), ``cells`` (k of the k-means partition of the training set),
-    ``cells_used`` (those holding more than ``tau`` of the generated samples; default 20 / M) and
-    ``per_cell`` (each used cell's Z_U). Cells without training or held-out points are left out
-    too (small data sets); ``c_t`` is NaN where no cell is left."""
-    flat_train = train.flatten(1).double()
-    centroids = kmeans_cells(train, cells, seed)
-    cell_t = _nearest_index(flat_train, centroids)
-    cell_p = _nearest_index(held_out.flatten(1).double(), centroids)
-    cell_q = _nearest_index(generated.flatten(1).double(), centroids)
-    tau = 20 / len(generated) if tau is None else tau
-    weights, scores = [], []
-    for c in range(cells):
-        t, p, q = flat_train[cell_t == c], held_out[cell_p == c], generated[cell_q == c]
-        if len(t) == 0 or len(p) == 0 or len(q) / len(generated) <= tau:
-            continue  # (a cell without held-out points has weight 0 in C_T)
-        scores.append(mann_whitney_z(nearest_distances(q, t), nearest_distances(p, t)))
-        weights.append(len(p) / len(held_out))
-    z_u = mann_whitney_z(nearest_distances(generated, train), nearest_distances(held_out, train))
-    c_t = sum(w * z for w, z in zip(weights, scores)) / sum(weights) if weights else float("nan")
-    return {"c_t": c_t, "z_u": z_u, "cells": cells, "cells_used": len(scores), "per_cell": scores}
+    measured to the training set (L, ...), in one call (``DataCopyingTest`` to score several
+    generated sets against the same held-out sample)."""
+    return DataCopyingTest(held_out, train, cells, seed)(generated, tau)

@@ -115,8 +115,12 @@ def passes(tr: Trainer) -> dict:
             x = x_t.clone().requires_grad_(True)
             with frozen(fake), ac():
                 _, feats = gan_net(x, sigma, cond, return_features="only")
-            sum(f.float().square().mean() for f in feats).backward()
-        out["GAN term: features fwd+bwd(x)"] = gan_features
+                logits = disc(feats) if disc is not None else None
+            if logits is None:
+                sum(f.float().square().mean() for f in feats).backward()
+            else:
+                logits.float().square().mean().backward()
+        out["GAN term: features + heads fwd+bwd(x)"] = gan_features
     # the fake score's denoising rows (and, reading its features, the discriminator's fakes and
     # reals): in one process the reals pass features-only (distill/critic.py), else one batch
     on_fake = feats_from == "fake_score"
@@ -129,15 +133,18 @@ def passes(tr: Trainer) -> dict:
 
     def fake_loss():
         with ac():
-            d = fake(xf, sf, cf, return_features=feats_from == "fake_score")
+            d = fake(xf, sf, cf, return_features=on_fake)
             if split:
                 _, real_feats = fake(x_t, sigma, cond, return_features="only")
+            if on_fake:  # the heads read b fake rows and the b real rows, as distill/critic.py does
+                feats = d[1] if not split else [torch.cat([f[-b:], r]) for f, r in zip(d[1], real_feats)]
+                logits = disc([f[-2 * b:] for f in feats])
         loss = (d[0] if isinstance(d, tuple) else d).float().square().mean()
-        if split:
-            loss = loss + sum(f.float().square().mean() for f in real_feats)
+        if on_fake:
+            loss = loss + logits.float().square().mean()
         loss.backward()
 
-    out[f"fake fwd+bwd x{k}"] = lambda: [fake_loss() for _ in range(k)]
+    out[f"fake fwd+bwd x{k}" + (" (+ heads)" if on_fake else "")] = lambda: [fake_loss() for _ in range(k)]
     if k > 1:
         def extra_gen():
             with torch.no_grad(), ac():

@@ -25,7 +25,7 @@ ELSEWHERE = {"fid.py", "teacher_eval.py", "data_copying.py"}
 CASES = {
     "bench_attention.py": (["--batch", "1", "--repeats", "1"], "time/math"),
     "bench_step.py": (["--teacher", "configs/digits.yaml", "--objectives", "dmd,uni_instruct:js", "--batch", "8",
-                       "--repeats", "1", "--gan"], "GAN term: features fwd+bwd(x)"),
+                       "--repeats", "1", "--gan"], "GAN term: features + heads fwd+bwd(x)"),
     "benchmark_row.py": (["--output", "{tmp}/bench", "--eval-seeds", "0", "--num-samples", "16", "--set",
                              "train.steps=2", "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8",
                              "train.batch_size=8", "regression.batch_size=4"], '"fd_seed0"'),

@@ -113,7 +113,7 @@ def passes(tr: Trainer) -> dict:
 
         def gan_features():
             x = x_t.clone().requires_grad_(True)
-            with frozen(fake), ac():
+            with frozen(fake, disc), ac():  # the heads frozen too, as method.critics_frozen
                 _, feats = gan_net(x, sigma, cond, return_features="only")
                 logits = disc(feats) if disc is not None else None
             if logits is None:

@@ -115,11 +115,8 @@ def passes(tr: Trainer) -> dict:
             x = x_t.clone().requires_grad_(True)
             with frozen(fake, disc), ac():  # the heads frozen too, as method.critics_frozen
                 _, feats = gan_net(x, sigma, cond, return_features="only")
-                logits = disc(feats) if disc is not None else None
-            if logits is None:
-                sum(f.float().square().mean() for f in feats).backward()
-            else:
-                logits.float().square().mean().backward()
+                logits = disc(feats)  # (a GAN term always has its discriminator)
+            logits.float().square().mean().backward()
         out["GAN term: features + heads fwd+bwd(x)"] = gan_features
     # the fake score's denoising rows (and, reading its features, the discriminator's fakes and
     # reals): in one process the reals pass features-only (distill/critic.py), else one batch
@@ -137,8 +134,8 @@ def passes(tr: Trainer) -> dict:
             if split:
                 _, real_feats = fake(x_t, sigma, cond, return_features="only")
             if on_fake:  # the heads read b fake rows and the b real rows, as distill/critic.py does
-                feats = d[1] if not split else [torch.cat([f[-b:], r]) for f, r in zip(d[1], real_feats)]
-                logits = disc([f[-2 * b:] for f in feats])
+                logits = disc([torch.cat([f[-b:], r]) for f, r in zip(d[1], real_feats)] if split
+                              else [f[-2 * b:] for f in d[1]])
         loss = (d[0] if isinstance(d, tuple) else d).float().square().mean()
         if on_fake:
             loss = loss + logits.float().square().mean()

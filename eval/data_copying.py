@@ -77,11 +77,12 @@ def main(argv=None) -> int:
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))
     held_out, other = test[order[:n]], test[order[n:2 * n]]
     student, _ = student_samples(generator, n, args.seed, generator.network.num_classes)
-    sets = {"teacher (shipped pairs, Heun NFE 31)": pairs["x"][:n].float(),
+    teacher = "teacher (shipped pairs, Heun NFE 31)"
+    sets = {teacher: pairs["x"][:n].float(),
             f"student ({args.run}, step {step}, EMA)": student,
             "real test images (not the held-out ones)": other}
     distances = {name: nearest_distances(x, train) for name, x in sets.items()}
-    teacher_p5 = distance_quantiles(next(iter(distances.values())))["p5"]
+    teacher_p5 = distance_quantiles(distances[teacher])["p5"]
     test = DataCopyingTest(held_out, train, args.cells)  # the partition and the held-out side, once
     rows = [row(name, x, distances[name], test, teacher_p5) for name, x in sets.items()]
     print(f"{n} samples each against {n} held-out test images and the {len(train)} training images; "

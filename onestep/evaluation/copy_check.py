@@ -121,16 +121,19 @@ class DataCopyingTest:
 
     def __init__(self, held_out: torch.Tensor, train: torch.Tensor, cells: int = 20, seed: int = 0):
         self.cells = cells
-        self.flat_train = train.flatten(1).double()
-        self.centroids = kmeans_cells(self.flat_train, cells, seed)
-        self.cell_t = _nearest_index(self.flat_train, self.centroids)
+        flat_train = train.flatten(1).double()
+        self.centroids = kmeans_cells(flat_train, cells, seed)
+        cell_t = _nearest_index(flat_train, self.centroids)
+        # the training set ordered by cell, so that each cell's images are one slice (a view)
+        self.flat_train = flat_train[torch.argsort(cell_t, stable=True)]
+        ends = torch.bincount(cell_t, minlength=cells).cumsum(0).tolist()
         cell_p = _nearest_index(held_out.flatten(1).double(), self.centroids)
         self.held_out_distances = nearest_distances(held_out, self.flat_train)
-        self.reference = {}  # cell -> (held-out distances within it, its held-out share)
-        for c in range(cells):
-            t, p = self.flat_train[self.cell_t == c], held_out[cell_p == c]
+        self.reference = {}  # cell -> (its training images, held-out distances within it, its held-out share)
+        for c, (start, end) in enumerate(zip([0, *ends[:-1]], ends)):
+            t, p = self.flat_train[start:end], held_out[cell_p == c]
             if len(t) and len(p):
-                self.reference[c] = (nearest_distances(p, t), len(p) / len(held_out))
+                self.reference[c] = (t, nearest_distances(p, t), len(p) / len(held_out))
 
     def __call__(self, generated: torch.Tensor, tau: float | None = None, distances: torch.Tensor | None = None) -> dict:
         """``c_t`` (the cell-weighted statistic), ``z_u`` (the same test on the whole space),
@@ -141,11 +144,11 @@ class DataCopyingTest:
         cell_q = _nearest_index(generated.flatten(1).double(), self.centroids)
         tau = 20 / len(generated) if tau is None else tau
         weights, scores = [], []
-        for c, (held_out_in_cell, weight) in self.reference.items():
+        for c, (train_in_cell, held_out_in_cell, weight) in self.reference.items():
             q = generated[cell_q == c]
             if len(q) / len(generated) <= tau:
                 continue
-            scores.append(mann_whitney_z(nearest_distances(q, self.flat_train[self.cell_t == c]), held_out_in_cell))
+            scores.append(mann_whitney_z(nearest_distances(q, train_in_cell), held_out_in_cell))
             weights.append(weight)
         if distances is None:
             distances = nearest_distances(generated, self.flat_train)

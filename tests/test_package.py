@@ -130,15 +130,13 @@ def test_make_fashion_long_is_the_fashion_recipe_with_more_iterations():
     """`make fashion-long` (docs/results.md, run P) runs the fashion preset with only the budget
     changed: its overrides load through the schema, set train.steps to 2,700, and leave every
     other key of the shipped recipe as `make fashion` runs it."""
-    from onestep.config.loading import apply_overrides, from_dict, read_yaml, to_dict
-
     short, long_ = _make_recipe("fashion"), _make_recipe("fashion-long")
     assert "--preset" in long_ and long_[long_.index("--preset") + 1] == "fashion"
     overrides = [long_[i + 1] for i, word in enumerate(long_) if word == "--set"]
     assert "--set" not in short and overrides == ["train.steps=2700"]
     recipe = ROOT / "onestep" / "resources" / "fashion.yaml"
-    base = to_dict(from_dict(read_yaml(recipe)))
-    longer = to_dict(from_dict(apply_overrides(read_yaml(recipe), overrides)))
+    base = config_mod.to_dict(config_mod.load(recipe))
+    longer = config_mod.to_dict(config_mod.load(recipe, overrides))  # as `onestep demo --set` loads it
     assert base["train"]["steps"] == 1800 and longer["train"]["steps"] == 2700
     longer["train"]["steps"] = base["train"]["steps"]
     assert longer == base

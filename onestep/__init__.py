@@ -62,6 +62,7 @@ _API = {
     "nearest_distances": ("onestep.evaluation.copy_check", "nearest_distances"),
     "distance_quantiles": ("onestep.evaluation.copy_check", "distance_quantiles"),
     "discriminator_summary": ("onestep.evaluation.discriminator", "discriminator_summary"),
+    "SPREAD_EDGES": ("onestep.core.rundir", "SPREAD_EDGES"),
     "uni_instruct_pushes": ("onestep.objectives.uni_instruct", "pushes"),
     "objective_gradient_scale": ("onestep.objectives.registry", "gradient_scale"),
     "Plan": ("onestep.distill.plan", "Plan"),

@@ -3,7 +3,7 @@
 ``gpu_check.sh`` needs a GPU; ``fid.py`` runs in test_watch_and_eval.py (with the stand-in
 Inception weights) and test_hostile.py; ``teacher_eval.py`` and ``data_copying.py`` in test_fashion.py (on a tiny
 Fashion-MNIST teacher); ``train_fashion_features.py`` below, in-process on a subset; ``term_gradients.py`` and
-``checkpoint_mean.py`` below, on runs they train. A new script fails ``test_every_script_has_a_smoke_run``
+``checkpoint_mean.py`` and ``discriminator_heldout.py`` below, on runs they train. A new script fails ``test_every_script_has_a_smoke_run``
 until it gets a case here.
 """
 
@@ -45,7 +45,7 @@ CASES = {
 
 def test_every_script_has_a_smoke_run():
     scripts = {p.name for p in EVAL.glob("*.py")}
-    below = {"train_fashion_features.py", "term_gradients.py", "checkpoint_mean.py"}
+    below = {"train_fashion_features.py", "term_gradients.py", "checkpoint_mean.py", "discriminator_heldout.py"}
     assert scripts == set(CASES) | ELSEWHERE | below, scripts ^ (set(CASES) | ELSEWHERE | below)
 
 
@@ -242,3 +242,53 @@ def test_checkpoint_mean_scores_the_benchmarks_generator_and_means_of_checkpoint
     assert mean.main(["--run", str(run), "--steps", "7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint of step 7" in err[0], err
+
+
+def test_discriminator_heldout_repeats_the_logs_check_on_more_samples(tmp_path, capsys, monkeypatch):
+    """Per sigma bin a mean accuracy in [0, 1] with its standard error over the repeats; the run is
+    left as it was; the check's networks run in chunks and give what one batch gives; too few
+    samples is one line and exit 2."""
+    import json
+
+    import torch
+
+    from onestep import build_trainer, checkpoint_of, load_config
+    from onestep.distill import critic
+
+    row = _script("benchmark_row.py")
+    run = tmp_path / "run"
+    assert row.main(["--output", str(run), "--eval-seeds", "0", "--num-samples", "16", "--set", "train.steps=2",
+                     "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8", "train.batch_size=8",
+                     "regression.batch_size=4"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"}
+    check = _script("discriminator_heldout.py")
+    capsys.readouterr()
+    assert check.main(["--run", str(run), "--samples", "40", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[-1])
+    assert result["step"] == 2 and result["pairs_per_bin"] == 8 and len(result["bins"]) == 5
+    assert [b["sigma"] for b in result["bins"]] == ["< 0.05", "0.05-0.2", "0.2-1", "1-5", "> 5"]
+    for b in result["bins"]:
+        assert 0 <= b["accuracy"] <= 1 and b["accuracy_se"] >= 0 and b["logr_std"] > 0, b
+    assert "| < 0.05 |" in out
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"} == before
+
+    trainer = build_trainer(load_config(run / "config.yaml", ["train.progress=false"]), run)
+    try:
+        trainer.restore(checkpoint_of(run, None))
+
+        def evaluated(chunk):
+            monkeypatch.setattr(critic, "EVAL_CHUNK", chunk)
+            rng = torch.Generator().manual_seed(5)
+            return trainer.method.evaluate_discriminator(trainer.holdout, rng, 40, trainer.device)
+
+        whole, chunked = evaluated(1000), evaluated(16)
+    finally:
+        trainer.close()
+    for key in ("disc_acc_bins", "logr_std"):
+        assert chunked[key] == pytest.approx(whole[key], abs=1e-5), key
+    assert chunked["disc_acc_heldout"] == pytest.approx(whole["disc_acc_heldout"], abs=1e-5)
+
+    assert check.main(["--run", str(run), "--samples", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--samples must be at least 10" in err[0], err

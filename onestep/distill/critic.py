@@ -18,7 +18,7 @@ import torch
 
 from ..core.rundir import SPREAD_EDGES
 from ..core.schedule import edm_loss_weight
-from ..core.tensors import cat_cond, expand
+from ..core.tensors import cat_cond, expand, take_rows
 from ..objectives import r1_penalty, ratio_logit
 from ..objectives.gan import accuracy
 from .draws import GlobalDraws
@@ -99,11 +99,13 @@ class CriticLoss:
         net = self.nets.plain_fake_score if self.on_fake_score else self.teacher
 
         def logits_at(x, sigma, cond):
-            _, feats = net(x + expand(sigma, x) * draws.randn(*x.shape[1:]), sigma, cond, return_features="only")
-            return disc(feats)
+            x_t = x + expand(sigma, x) * draws.randn(*x.shape[1:])
+            return in_chunks(lambda rows: disc(net(x_t[rows], sigma[rows], take_rows(cond, rows),
+                                                   return_features="only")[1]), len(x))
 
         cond = draws.cond(self.teacher)
-        x_g = gen(draws.randn(*self.teacher.sample_shape), cond).float()
+        z = draws.randn(*self.teacher.sample_shape)
+        x_g = in_chunks(lambda rows: gen(z[rows], take_rows(cond, rows)).float(), n)
         real, cond_real = draws.real(real_holdout)
         sigma = draws.sigma(*self.sampler)
         acc = accuracy(logits_at(real, sigma, cond_real), logits_at(x_g, sigma, cond))
@@ -121,6 +123,17 @@ class CriticLoss:
         acc_bins = [float(right[idx_b == k].mean()) if int((idx_b == k).sum()) else math.nan
                     for k in range(len(SPREAD_EDGES) + 1)]
         return {"disc_acc_heldout": acc, "disc_acc_bins": acc_bins, "logr_std": spread}
+
+
+EVAL_CHUNK = 256  # rows per network call of the held-out check (its draws are made whole first)
+
+
+def in_chunks(fn, n: int, size: int | None = None) -> torch.Tensor:
+    """``fn(rows)`` over consecutive slices of ``range(n)``, concatenated along the batch: the
+    held-out check on many samples (eval/discriminator_heldout.py) without one batch of them all.
+    Each row is computed independently of the others, so the result is the one-batch result."""
+    size = size or EVAL_CHUNK
+    return torch.cat([fn(slice(i, min(i + size, n))) for i in range(0, n, size)])
 
 
 def binned_sigmas(n: int, schedule, rng: torch.Generator) -> torch.Tensor:

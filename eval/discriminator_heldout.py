@@ -46,8 +46,7 @@ def heldout(run: Path, step: int | None, samples: int, repeats: int) -> dict:
         for k in range(repeats):
             # streams of their own, apart from the training log's (seed * 1,000,003 + step)
             rng = torch.Generator().manual_seed(7_777_777 + 1_000 * k + trainer.step)
-            with torch.no_grad():
-                checks.append(trainer.method.evaluate_discriminator(trainer.holdout, rng, samples, trainer.device))
+            checks.append(trainer.method.evaluate_discriminator(trainer.holdout, rng, samples, trainer.device))
     finally:
         trainer.close()
     bins = []

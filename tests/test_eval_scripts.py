@@ -116,6 +116,21 @@ def _script(name: str):
     return module
 
 
+def _tiny_run(run: Path, *checkpoints: str) -> Path:
+    """A two-iteration digits benchmark row in ``run`` (scored on 16 samples at seed 0), keeping the
+    checkpoints that ``checkpoints`` (``train.*`` overrides) ask for."""
+    row = _script("benchmark_row.py")
+    assert row.main(["--output", str(run), "--eval-seeds", "0", "--num-samples", "16", "--set", "train.steps=2",
+                     *checkpoints, "train.sample_every=0", "data.cache_size=8", "train.batch_size=8",
+                     "regression.batch_size=4"]) == 0
+    return run
+
+
+def _files(run: Path) -> dict[str, int]:
+    """Every file of ``run`` (its lock aside) with its modification time: a run read, not trained, keeps it."""
+    return {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"}
+
+
 def test_benchmark_row_divergence_check(tmp_path, capsys):
     """The criteria read the run: the warm-up's checkpoint and the last one both scored, the
     gradient norms from the log; without the warm-up's checkpoint, one line and exit 2."""
@@ -185,12 +200,8 @@ def test_term_gradients_measures_each_term_of_a_run(tmp_path, capsys):
     (read, not trained)."""
     import json
 
-    row = _script("benchmark_row.py")
-    run = tmp_path / "run"
-    assert row.main(["--output", str(run), "--eval-seeds", "0", "--num-samples", "16", "--set", "train.steps=2",
-                     "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8", "train.batch_size=8",
-                     "regression.batch_size=4"]) == 0
-    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"}
+    run = _tiny_run(tmp_path / "run", "train.checkpoint_every=2")
+    before = _files(run)
     terms = _script("term_gradients.py")
     capsys.readouterr()
     assert terms.main(["--run", str(run), "--batches", "2"]) == 0
@@ -199,7 +210,7 @@ def test_term_gradients_measures_each_term_of_a_run(tmp_path, capsys):
     for batch in result["per_batch"]:
         assert min(batch["objective"], batch["gan"], batch["regression"]) > 0, batch
         assert batch["total"] <= (batch["objective"] + batch["gan"] + batch["regression"]) * (1 + 1e-5), batch
-    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"} == before
+    assert _files(run) == before
     assert terms.main(["--run", str(run), "--step", "1"]) == 2
     assert "no checkpoint of step 1" in capsys.readouterr().err
 
@@ -212,13 +223,9 @@ def test_checkpoint_mean_scores_the_benchmarks_generator_and_means_of_checkpoint
 
     import torch
 
-    row = _script("benchmark_row.py")
-    run = tmp_path / "run"
-    assert row.main(["--output", str(run), "--eval-seeds", "0", "--num-samples", "16", "--set", "train.steps=2",
-                     "train.checkpoint_every=1", "train.keep_checkpoints=2", "train.sample_every=0",
-                     "data.cache_size=8", "train.batch_size=8", "regression.batch_size=4"]) == 0
+    run = _tiny_run(tmp_path / "run", "train.checkpoint_every=1", "train.keep_checkpoints=2")
     benchmark = json.loads((run / "benchmark.json").read_text())
-    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"}
+    before = _files(run)
     mean = _script("checkpoint_mean.py")
     capsys.readouterr()
 
@@ -238,7 +245,7 @@ def test_checkpoint_mean_scores_the_benchmarks_generator_and_means_of_checkpoint
     assert moved
     for k in moved:
         torch.testing.assert_close(averaged[k], (g1[k] + g2[k]) / 2)
-    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"} == before
+    assert _files(run) == before
     assert mean.main(["--run", str(run), "--steps", "7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint of step 7" in err[0], err
@@ -255,12 +262,8 @@ def test_discriminator_heldout_repeats_the_logs_check_on_more_samples(tmp_path, 
     from onestep import build_trainer, checkpoint_of, load_config
     from onestep.distill import critic
 
-    row = _script("benchmark_row.py")
-    run = tmp_path / "run"
-    assert row.main(["--output", str(run), "--eval-seeds", "0", "--num-samples", "16", "--set", "train.steps=2",
-                     "train.checkpoint_every=2", "train.sample_every=0", "data.cache_size=8", "train.batch_size=8",
-                     "regression.batch_size=4"]) == 0
-    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"}
+    run = _tiny_run(tmp_path / "run", "train.checkpoint_every=2")
+    before = _files(run)
     check = _script("discriminator_heldout.py")
     capsys.readouterr()
     assert check.main(["--run", str(run), "--samples", "40", "--repeats", "2"]) == 0
@@ -271,7 +274,7 @@ def test_discriminator_heldout_repeats_the_logs_check_on_more_samples(tmp_path, 
     for b in result["bins"]:
         assert 0 <= b["accuracy"] <= 1 and b["accuracy_se"] >= 0 and b["logr_std"] > 0, b
     assert "| < 0.05 |" in out
-    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".onestep.lock"} == before
+    assert _files(run) == before
 
     trainer = build_trainer(load_config(run / "config.yaml", ["train.progress=false"]), run)
     try:
